@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
-import json
 from pathlib import Path
 
 from transformers import CLIPTokenizer

@@ -1,0 +1,100 @@
+"""The method-facing surface every backend provides.
+
+Methods import this protocol, never diffusers or transformers. A backend wraps one loaded model and
+exposes *components* (named ``torch.nn.Module`` roots such as ``unet`` and ``text_encoder``), prompt
+encoding, one denoiser call, an explicit seeded sampling loop, and **named targets**: a target such as
+``"cross_attn_kv"`` resolves to the backend's own parameters or modules, so no method ever
+string-matches layer names.
+
+Parameter and module names are always *qualified*: ``"<component>.<name inside the component>"``,
+e.g. ``"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"``. Artifacts store
+edits under these names, which is what lets one artifact apply to our backend or to a stock
+diffusers pipeline alike (both expose the same components).
+
+Backends planned behind the same surface: SDXL (two text encoders: ``text_encoder`` and
+``text_encoder_2``; ``encode_prompts`` then returns the concatenated hidden states and the backend
+keeps the pooled embedding for the added conditioning), SD3/FLUX (``transformer`` denoiser; targets
+such as ``cross_attn_kv`` resolve to the joint-attention text projections), an autoregressive
+image-token model (EAR: ``predict`` gives next-token logits) and Hugging Face causal LMs
+(CodeEraser: ``model`` component, ``lm_mlp``/``lm_attn`` targets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from erasekit.errors import ErasekitError
+
+
+@runtime_checkable
+class DiffusionBackend(Protocol):
+    """What a method may use of a text-to-image diffusion model."""
+
+    kind: str
+    components: dict[str, nn.Module]
+    prediction_type: str  # "epsilon" or "v_prediction"
+    num_train_timesteps: int
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor: ...
+    def token_ids(self, prompts: list[str]) -> torch.Tensor: ...
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor: ...
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor: ...
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
+    def parameters_for(self, target: str | Iterable[str]) -> dict[str, nn.Parameter]: ...
+    def modules_for(self, target: str | Iterable[str]) -> dict[str, nn.Module]: ...
+    def fingerprint(self) -> str: ...
+
+
+def split_targets(target: str | Iterable[str]) -> list[str]:
+    """``"text_mlp+text_attn_last"`` or ``["text_mlp", "text_attn_last"]`` -> list of target names."""
+    names = target.split("+") if isinstance(target, str) else list(target)
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise ErasekitError("Empty parameter target; name one, e.g. cross_attn_kv (see `erasekit methods`).")
+    return names
+
+
+def named_modules_of(components: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    """Every module of every component under its qualified name (``unet.conv_in``...)."""
+    out: dict[str, nn.Module] = {}
+    for comp_name, comp in components.items():
+        for name, module in comp.named_modules():
+            out[f"{comp_name}.{name}" if name else comp_name] = module
+    return out
+
+
+def named_parameters_of(components: Mapping[str, nn.Module]) -> dict[str, nn.Parameter]:
+    """Every parameter of every component under its qualified name."""
+    out: dict[str, nn.Parameter] = {}
+    for comp_name, comp in components.items():
+        for name, param in comp.named_parameters():
+            out[f"{comp_name}.{name}"] = param
+    return out
+
+
+def fingerprint_components(components: Mapping[str, nn.Module], sample: int = 4096) -> str:
+    """A fast fingerprint of model weights: names, shapes, dtypes and a strided value sample.
+
+    Hashing every byte of SD-1.4 (≈1 GB) costs seconds; a strided sample of each tensor catches any
+    different checkpoint or fine-tune while staying cheap. Non-learned buffers are included.
+    """
+    digest = hashlib.sha256()
+    for comp_name in sorted(components):
+        state = components[comp_name].state_dict()
+        for name in sorted(state):
+            tensor = state[name].detach()
+            digest.update(f"{comp_name}.{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+            flat = tensor.reshape(-1)
+            if flat.numel() == 0:
+                continue
+            step = max(1, flat.numel() // sample)
+            values = flat[::step][:sample].to(torch.float32).cpu().contiguous()
+            digest.update(values.numpy().tobytes())
+    return "sha256-sampled:" + digest.hexdigest()[:32]

@@ -1,0 +1,288 @@
+"""Stable Diffusion 1.x / 2.x backend: loading, encoding, one denoiser call, an explicit sampling loop.
+
+The sampling loop is written out (DDIM, classifier-free guidance, one seeded generator per image) so
+that every image depends only on its own prompt and seed — never on the batch it was generated in.
+That is what makes evaluation resumable and shardable with identical numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+from torch import nn
+
+from erasekit.backends.base import fingerprint_components, named_modules_of, named_parameters_of
+from erasekit.backends.targets import resolve_parameters
+from erasekit.backends.tokenizer import check_tokenizer
+from erasekit.errors import ErasekitError
+
+_PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class SDBackend:
+    """A Stable Diffusion pipeline seen through erasekit's method-facing surface.
+
+    Args:
+        pipe: A diffusers ``StableDiffusionPipeline`` (or any pipeline with the same components).
+        name: How the user named the model (recorded in manifests).
+    """
+
+    kind = "sd"
+
+    def __init__(self, pipe: StableDiffusionPipeline, name: str = "model"):
+        self.pipe = pipe
+        self.name = name
+        self.tokenizer = check_tokenizer(pipe.tokenizer, f"tokenizer of {name}")
+        self.unet, self.text_encoder, self.vae = pipe.unet, pipe.text_encoder, pipe.vae
+        # The components artifacts and targets see. The VAE is not a target of any method.
+        self.components: dict[str, nn.Module] = {"unet": self.unet, "text_encoder": self.text_encoder}
+        for module in (self.unet, self.text_encoder, self.vae):
+            module.requires_grad_(False)
+            module.eval()
+        self.train_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.prediction_type: str = self.train_scheduler.config.prediction_type
+        self.num_train_timesteps: int = self.train_scheduler.config.num_train_timesteps
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.default_size = int(self.unet.config.sample_size) * self.vae_scale_factor
+        self.n_text_layers = int(self.text_encoder.config.num_hidden_layers)
+        self.device = self.unet.device
+        self.dtype = self.unet.dtype
+
+    # ---- prompts ---------------------------------------------------------------------------
+    def token_ids(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Token ids padded to the tokenizer's max length, [B, L]."""
+        return self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text-encoder hidden states [B, L, D] used as cross-attention context.
+
+        Gradients flow when called outside ``torch.no_grad`` (text-encoder methods need that).
+        """
+        return self.text_encoder(self.token_ids(prompts))[0]
+
+    def text_layer_module(self, layer: int) -> str:
+        """Qualified name of text-encoder layer ``layer`` (its output is the residual stream)."""
+        if not 0 <= layer < self.n_text_layers:
+            raise ErasekitError(
+                f"Text layer {layer} does not exist; this encoder has {self.n_text_layers} layers."
+            )
+        for prefix in ("text_encoder.text_model.encoder.layers", "text_encoder.encoder.layers"):
+            name = f"{prefix}.{layer}"
+            if name in self.named_modules():
+                return name
+        raise ErasekitError(
+            "This text encoder has no CLIP-style encoder layers; ItD-style hooks need a CLIP text encoder."
+        )
+
+    # ---- denoiser ---------------------------------------------------------------------------
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+        """The UNet's native prediction (ε, or v for v-prediction models) for ``latents`` at ``t``.
+
+        Linear combinations whose weights sum to one (CFG, ESD's target) mean the same in ε and v
+        space at fixed x_t, so methods may combine predictions without converting.
+        """
+        if not torch.is_tensor(t):
+            t = torch.tensor([t], device=latents.device)
+        t = t.to(latents.device).expand(latents.shape[0]) if t.numel() == 1 else t.to(latents.device)
+        return self.unet(latents, t, encoder_hidden_states=cond).sample
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Forward diffusion q(x_t | x_0) of the model's training schedule."""
+        return self.train_scheduler.add_noise(x0, noise, t)
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser was trained to output (ε or v) — the denoising loss's target."""
+        if self.prediction_type == "v_prediction":
+            return self.train_scheduler.get_velocity(x0, noise, t)
+        return noise
+
+    # ---- images <-> latents -------------------------------------------------------------------
+    def latent_shape(self, size: int | None = None) -> tuple[int, int, int]:
+        side = (size or self.default_size) // self.vae_scale_factor
+        return (int(self.unet.config.in_channels), side, side)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1], [N, 3, H, W] -> scaled latents (posterior mean: deterministic)."""
+        x = images.to(self.device, self.vae.dtype) * 2 - 1
+        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [0, 1], float32 on CPU."""
+        x = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return ((x.float() + 1) / 2).clamp(0, 1).cpu()
+
+    # ---- sampling -----------------------------------------------------------------------------
+    def initial_latents(self, seeds: Sequence[int], size: int | None = None) -> torch.Tensor:
+        """One independent seeded noise tensor per image (batch-composition independent)."""
+        shape = self.latent_shape(size)
+        return torch.stack(
+            [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        ).to(self.device, self.dtype)
+
+    def sampling_timesteps(self, steps: int) -> torch.Tensor:
+        scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
+        scheduler.set_timesteps(steps)
+        return scheduler.timesteps
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None,
+        *,
+        steps: int,
+        guidance: float,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> torch.Tensor:
+        """DDIM (η = 0) with classifier-free guidance, from step index ``start`` to ``stop``.
+
+        ε̂ = ε(x, ∅) + w (ε(x, c) − ε(x, ∅))   (Ho & Salimans 2022). ``stop`` < ``steps`` returns a
+        partially denoised x_t, as ESD and SPM need for their training latents.
+        """
+        scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
+        scheduler.set_timesteps(steps)
+        for t in scheduler.timesteps[start:stop]:
+            if uncond is None or guidance == 1.0:
+                pred = self.predict_noise(latents, t, cond)
+            else:
+                both = self.predict_noise(torch.cat([latents, latents]), t, torch.cat([uncond, cond]))
+                pred_uncond, pred_cond = both.chunk(2)
+                pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+            latents = scheduler.step(pred, t, latents).prev_sample
+        return latents
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        *,
+        steps: int = 25,
+        guidance: float = 5.0,
+        negative_prompt: str = "",
+        size: int | None = None,
+    ) -> torch.Tensor:
+        """Generate one image per (prompt, seed): float32 [N, 3, H, W] in [0, 1] on CPU."""
+        if len(prompts) != len(seeds):
+            raise ErasekitError(
+                f"Got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt."
+            )
+        cond = self.encode_prompts(prompts)
+        uncond = self.encode_prompts([negative_prompt] * len(prompts))
+        latents = self.initial_latents(seeds, size)
+        latents = self.denoise(latents, cond, uncond, steps=steps, guidance=guidance)
+        return self.decode_latents(latents)
+
+    # ---- targets ------------------------------------------------------------------------------
+    def named_parameters(self) -> dict[str, nn.Parameter]:
+        return named_parameters_of(self.components)
+
+    def named_modules(self) -> dict[str, nn.Module]:
+        return named_modules_of(self.components)
+
+    def parameters_for(self, target: str | Iterable[str]) -> dict[str, nn.Parameter]:
+        """Parameters named by a target (``"cross_attn_kv"``, ``"text_mlp+text_attn_last"`` ...)."""
+        return resolve_parameters(self.named_parameters(), target, self.n_text_layers)
+
+    def modules_for(
+        self, target: str | Iterable[str], types: tuple[type, ...] = (nn.Linear, nn.Conv2d)
+    ) -> dict[str, nn.Module]:
+        """Linear/Conv modules whose weight a target selects (for adapters such as SPM)."""
+        params = self.parameters_for(target)
+        modules = self.named_modules()
+        out = {}
+        for pname in params:
+            if pname.endswith(".weight"):
+                mname = pname[: -len(".weight")]
+                if isinstance(modules.get(mname), types):
+                    out[mname] = modules[mname]
+        if not out:
+            raise ErasekitError(f"Target {target!r} has no Linear/Conv layers; pick another target.")
+        return out
+
+    def fingerprint(self) -> str:
+        return fingerprint_components(self.components)
+
+
+# ---- loading -----------------------------------------------------------------------------------
+def _from_folder(path: Path) -> StableDiffusionPipeline:
+    if not (path / "model_index.json").is_file():
+        raise ErasekitError(
+            f"{path} is not a diffusers folder (no model_index.json); pass a pipeline folder or a .safetensors file."
+        )
+    return StableDiffusionPipeline.from_pretrained(
+        path, safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+
+
+def load_pipeline(model: str, *, allow_pickle: bool = False) -> StableDiffusionPipeline:
+    """Load an SD 1.x/2.x pipeline from ``shapes``, ``tiny``, a folder, a single file or a cached hub id.
+
+    Never touches the network: hub ids load only from the local Hugging Face cache.
+    """
+    if model == "shapes":
+        from erasekit.world.model import SHIPPED_MODEL_DIR
+
+        return _from_folder(Path(SHIPPED_MODEL_DIR))
+    if model == "tiny":
+        from erasekit.backends.tiny import build_tiny_pipeline
+
+        return build_tiny_pipeline()
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return _from_folder(path)
+    if path.is_file():
+        if path.suffix in _PICKLE_SUFFIXES and not allow_pickle:
+            raise ErasekitError(
+                f"{path.name} is a pickled checkpoint that can run code when loaded; convert it to .safetensors or pass --allow-pickle if you trust it."
+            )
+        if path.suffix != ".safetensors" and path.suffix not in _PICKLE_SUFFIXES:
+            raise ErasekitError(
+                f"Unsupported model file {path.name}; pass a .safetensors checkpoint or a diffusers folder."
+            )
+        try:
+            return StableDiffusionPipeline.from_single_file(
+                os.fspath(path), safety_checker=None, requires_safety_checker=False, local_files_only=True
+            )
+        except (OSError, ValueError) as error:
+            raise ErasekitError(
+                f"Could not load {path.name} offline ({type(error).__name__}); convert it to a diffusers folder on a connected machine and pass that folder."
+            ) from error
+    if _HUB_ID.match(model) and not model.startswith((".", "/", "~")):
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                model, safety_checker=None, requires_safety_checker=False, local_files_only=True
+            )
+        except OSError as error:
+            raise ErasekitError(
+                f"{model} is not in the local Hugging Face cache; download it on a connected machine (`hf download {model}`) or pass a local folder."
+            ) from error
+        return pipe
+    raise ErasekitError(
+        f"Model {model!r} not found; pass `shapes`, `tiny`, a diffusers folder, a .safetensors file or a cached hub id."
+    )
+
+
+def load_backend(
+    model: str, *, allow_pickle: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> SDBackend:
+    """Load a model by name (see :func:`load_pipeline`) and wrap it as a :class:`SDBackend`."""
+    pipe = load_pipeline(model, allow_pickle=allow_pickle)
+    if pipe.unet.dtype != dtype or str(pipe.unet.device) != device:
+        pipe = pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return SDBackend(pipe, name=model)
