@@ -27,6 +27,9 @@ class Method(Protocol):
     name: ClassVar[str]
     paper: ClassVar[str]
     config_cls: ClassVar[type]
+    # Config overrides (``key=value`` strings) for a seconds-scale run on the tiny test pipeline; the
+    # conformance suite and the CLI tests use them. Not a quality setting.
+    smoke_overrides: ClassVar[tuple[str, ...]]
 
     def erase(self, backend: Any, concepts: ConceptSpec, config: Any) -> Artifact: ...
 
