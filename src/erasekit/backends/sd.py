@@ -13,6 +13,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+
+from erasekit.backends import _quiet  # noqa: F401  (before diffusers: silences an irrelevant warning)
+
+# isort: split
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
 from torch import nn
 

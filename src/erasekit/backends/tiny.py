@@ -6,6 +6,10 @@ Both use the real CLIP tokenizer (49,408 tokens) and random, seeded weights — 
 from __future__ import annotations
 
 import torch
+
+from erasekit.backends import _quiet  # noqa: F401
+
+# isort: split
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
