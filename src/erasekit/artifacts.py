@@ -143,9 +143,9 @@ class Artifact:
             raise ErasekitError(
                 f"Artifact {tensor_path.name} is corrupt ({type(error).__name__}); re-create it with `erasekit erase`."
             ) from error
-        if not isinstance(manifest, dict) or "method" not in manifest:
+        if not _well_formed(manifest):
             raise ErasekitError(
-                f"{manifest_path.name} is not an erasekit manifest; re-create it with `erasekit erase`."
+                f"{manifest_path.name} is not a well-formed erasekit manifest; re-create it with `erasekit erase`."
             )
         if manifest.get("format_version", 0) > FORMAT_VERSION:
             raise ErasekitError(
@@ -159,6 +159,31 @@ class Artifact:
                 f"Artifact {tensor_path.name} does not match its manifest (tensors missing or extra); re-create it."
             )
         return cls(method=manifest["method"], manifest=manifest, tensors=tensors)
+
+
+def _well_formed(manifest: Any) -> bool:
+    """The manifest's edit records have the shapes :meth:`Artifact.load` and :func:`apply` rely on."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("method"), str):
+        return False
+    weights, adapters, hooks = (
+        manifest.get(k, d) for k, d in (("weights", {}), ("adapters", {}), ("hooks", []))
+    )
+    return (
+        isinstance(manifest.get("format_version", 0), int)
+        and isinstance(weights, dict)
+        and all(mode in ("delta", "replace") for mode in weights.values())
+        and isinstance(adapters, dict)
+        and all(isinstance(a, dict) and isinstance(a.get("scale"), (int, float)) for a in adapters.values())
+        and isinstance(hooks, list)
+        and all(
+            isinstance(h, dict)
+            and isinstance(h.get("kind"), str)
+            and isinstance(h.get("target"), str)
+            and isinstance(h.get("config"), dict)
+            and isinstance(h.get("tensors"), list)
+            for h in hooks
+        )
+    )
 
 
 def artifact_paths(path: str | os.PathLike) -> tuple[Path, Path]:
