@@ -103,6 +103,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         try:
             if tp is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
+            if tp is not str and isinstance(value, bool):  # JSON true is not the number 1
+                raise ValueError
             return tp(value)
         except (TypeError, ValueError):
             raise ErasekitError(f"{key} expects {tp.__name__}, got {value!r}.") from None
