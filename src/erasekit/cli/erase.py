@@ -1,0 +1,137 @@
+"""``erasekit erase``: run one erasure method on a model and save its artifact.
+
+Cheap checks (method name, concepts, config, paths) run before the model is loaded, so a typo costs
+milliseconds, not a model load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from erasekit.cli.app import app, emit, user_errors
+from erasekit.errors import ErasekitError
+
+# A method whose config has this field reads user images (few-shot methods); `--images` fills it.
+IMAGES_FIELD = "images_dir"
+
+
+@app.command()
+@user_errors
+def erase(
+    method: Annotated[str, typer.Argument(help="Method name (see `erasekit methods`).", show_default=False)],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", help="`tiny`, `shapes`, a diffusers folder, a .safetensors file or a cached hub id."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Artifact path stem: writes OUT.safetensors and OUT.json."),
+    ],
+    concept: Annotated[
+        list[str] | None,
+        typer.Option("--concept", help="Concept to erase (repeat for several).", show_default=False),
+    ] = None,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--anchor",
+            help="What the concept should become: one for all concepts, or one per --concept.",
+            show_default=False,
+        ),
+    ] = None,
+    preserve: Annotated[
+        list[str] | None,
+        typer.Option("--preserve", help="Concept to keep intact (repeatable).", show_default=False),
+    ] = None,
+    kind: Annotated[
+        str, typer.Option("--kind", help="object or style (chooses the prompt templates).")
+    ] = "object",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="JSON file of config fields (see `erasekit methods`).", show_default=False
+        ),
+    ] = None,
+    override: Annotated[
+        list[str] | None,
+        typer.Option("-o", "--override", help="Config override key=value (repeatable); wins over --config."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for everything random in the method.")] = 0,
+    images: Annotated[
+        Path | None,
+        typer.Option("--images", help="Folder of example images, for methods that learn from images."),
+    ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option("--allow-pickle", help="Allow loading a pickled .ckpt/.bin model (runs its code!)."),
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1 ...")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+) -> None:
+    """Erase concepts from a model with METHOD and save the result as an artifact."""
+    from erasekit.concepts import ConceptSpec
+    from erasekit.config import build_config
+    from erasekit.methods import get_method
+
+    method_obj = get_method(method)
+    concepts = ConceptSpec.from_lists(concept or [], anchor or [], preserve or [], kind=kind)
+    fixed = {}
+    field_names = {f.name for f in dataclasses.fields(method_obj.config_cls)}
+    if images is not None:
+        if IMAGES_FIELD not in field_names:
+            raise ErasekitError(f"Method {method} does not learn from images; leave out --images.")
+        if not images.is_dir():
+            raise ErasekitError(f"Images folder {images} not found; pass a folder of example images.")
+        fixed[IMAGES_FIELD] = str(images)
+    method_config = build_config(method_obj.config_cls, config, override or [], **fixed)
+    if out.is_dir():
+        raise ErasekitError(
+            f"--out {out} is a folder; pass a path stem such as {out / 'erased'} (writes .safetensors + .json)."
+        )
+
+    import torch
+
+    from erasekit.backends import load_backend
+    from erasekit.methods import run_method
+
+    backend = load_backend(model, allow_pickle=allow_pickle, device=device)
+    artifact = run_method(method_obj, backend, concepts, method_config, seed=seed)
+    try:
+        tensor_path = artifact.save(out)
+    except OSError as error:
+        raise ErasekitError(
+            f"Cannot write the artifact to {out} ({error.strerror}); pick a writable path."
+        ) from None
+    cost = artifact.manifest["cost"]
+    summary = {
+        "artifact": str(tensor_path),
+        "manifest": str(tensor_path.with_suffix(".json")),
+        "method": method,
+        "model": model,
+        "concepts": concepts.erase_texts,
+        "seconds": cost["seconds"],
+        "peak_memory_bytes": cost["peak_memory_bytes"],
+        "artifact_bytes": cost["artifact_bytes"],
+        "edited_parameters": len(artifact.manifest.get("weights", {})),
+        "adapters": len(artifact.manifest.get("adapters", {})),
+        "hooks": len(artifact.manifest.get("hooks", [])),
+        "edited_values": int(sum(t.numel() for t in artifact.tensors.values())),
+        "torch_threads": torch.get_num_threads(),
+    }
+    emit(summary, as_json, _human)
+
+
+def _human(s: dict) -> str:
+    edits = f"{s['edited_parameters']} weight edits, {s['adapters']} adapters, {s['hooks']} hooks"
+    return (
+        f"erased {', '.join(s['concepts'])} with {s['method']} in {s['seconds']:.2f} s "
+        f"(peak memory {s['peak_memory_bytes'] / 2**20:.1f} MiB)\n"
+        f"artifact: {s['artifact']} ({s['artifact_bytes'] / 2**20:.2f} MiB; {edits})\n"
+        f"manifest: {s['manifest']}"
+    )

@@ -1,0 +1,162 @@
+"""build_config: defaults, then a JSON file, then -o overrides; every bad input is a one-line error."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import FrozenInstanceError, dataclass
+from typing import Literal
+
+import pytest
+
+from erasekit.config import build_config, config_to_dict, describe_config
+from erasekit.errors import ErasekitError
+
+
+@dataclass(frozen=True)
+class ExampleConfig:
+    steps: int = 10
+    """Optimisation steps."""
+    lr: float = 1e-3
+    """Learning
+    rate."""
+    variant: Literal["x", "u"] = "x"
+    """Which parameters: x (cross-attention) or u (the rest)."""
+    rank: Literal[1, 4] = 1
+    """Adapter rank."""
+    use_templates: bool = False
+    """Use prompt templates."""
+    limit: int | None = None
+    """Optional cap."""
+    targets: tuple[str, ...] = ("cross_attn_kv",)
+    """Parameter targets."""
+    undocumented: str = "a"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ErasekitError("steps must be at least 1.")
+
+
+def write(tmp_path, data) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+def test_defaults():
+    assert build_config(ExampleConfig) == ExampleConfig()
+
+
+def test_file_then_overrides_win(tmp_path):
+    file = write(tmp_path, {"steps": 20, "lr": 0.5, "variant": "u", "targets": ["text_mlp", "text_attn"]})
+    config = build_config(ExampleConfig, file)
+    assert (config.steps, config.lr, config.variant) == (20, 0.5, "u")
+    assert config.targets == ("text_mlp", "text_attn")  # JSON list -> the field's tuple
+    config = build_config(ExampleConfig, file, ["steps=30", "variant=x"])
+    assert (config.steps, config.lr, config.variant) == (30, 0.5, "x")
+
+
+def test_override_conversions():
+    config = build_config(
+        ExampleConfig,
+        overrides=[
+            " steps = 3 ",
+            "lr=1e-2",
+            "rank=4",
+            "use_templates=yes",
+            "limit=7",
+            "targets=text_mlp, text_attn",
+            "undocumented=b=c",  # only the first '=' splits
+        ],
+    )
+    assert config == ExampleConfig(
+        steps=3,
+        lr=0.01,
+        rank=4,
+        use_templates=True,
+        limit=7,
+        targets=("text_mlp", "text_attn"),
+        undocumented="b=c",
+    )
+    assert build_config(ExampleConfig, overrides=["limit=none"]).limit is None
+    assert build_config(ExampleConfig, overrides=["use_templates=off"]).use_templates is False
+    assert isinstance(build_config(ExampleConfig, overrides=["rank=4"]).rank, int)
+
+
+def test_fixed_values_win_over_everything(tmp_path):
+    file = write(tmp_path, {"steps": 20})
+    assert build_config(ExampleConfig, file, ["steps=30"], steps=40).steps == 40
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["steps=abc"], "steps expects int"),
+        (["steps=1.5"], "steps expects int"),
+        (["steps="], "steps expects int"),
+        (["lr=fast"], "lr expects float"),
+        (["use_templates=maybe"], "true or false"),
+        (["limit=many"], "limit"),
+        (["variant=z"], "one of x, u"),
+        (["rank=2"], "one of 1, 4"),
+        (["no_such_field=1"], "no field 'no_such_field'"),
+        (["steps"], "key=value"),
+        (["steps=0"], "at least 1"),  # the dataclass's own validation, still one line
+    ],
+)
+def test_bad_overrides(overrides, needle):
+    with pytest.raises(ErasekitError, match=needle) as info:
+        build_config(ExampleConfig, overrides=overrides)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ({"steps": "ten"}, "steps expects int"),
+        ({"steps": True}, "steps expects int"),  # JSON true is not the number 1
+        ({"steps": 2.5}, "steps expects int"),
+        ({"variant": "z"}, "one of"),
+        ({"typo_field": 1}, "no field 'typo_field'"),
+    ],
+)
+def test_bad_files(tmp_path, content, needle):
+    with pytest.raises(ErasekitError, match=needle):
+        build_config(ExampleConfig, write(tmp_path, content))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ErasekitError, match="not found"):
+        build_config(ExampleConfig, tmp_path / "absent.json")
+
+
+def test_whole_number_float_in_file_is_an_int(tmp_path):
+    config = build_config(ExampleConfig, write(tmp_path, {"steps": 5.0}))
+    assert config.steps == 5 and isinstance(config.steps, int)
+
+
+def test_describe_config_gives_type_default_and_docstring_help():
+    rows = {row["name"]: row for row in describe_config(ExampleConfig)}
+    assert list(rows) == [
+        "steps",
+        "lr",
+        "variant",
+        "rank",
+        "use_templates",
+        "limit",
+        "targets",
+        "undocumented",
+    ]
+    assert rows["steps"] == {"name": "steps", "type": "int", "default": 10, "help": "Optimisation steps."}
+    assert rows["lr"]["help"] == "Learning rate."  # whitespace folded
+    assert rows["variant"]["type"] == "{x,u}"
+    assert rows["undocumented"]["help"] == ""
+
+
+def test_config_is_frozen_and_serialisable():
+    config = build_config(ExampleConfig, overrides=["targets=a,b"])
+    with pytest.raises(FrozenInstanceError):
+        config.steps = 3  # type: ignore[misc]
+    assert config_to_dict(config)["targets"] == ["a", "b"]
+    assert json.loads(json.dumps(config_to_dict(config)))["variant"] == "x"
