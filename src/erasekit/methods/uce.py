@@ -1,0 +1,186 @@
+"""UCE: Unified Concept Editing (Gandikota et al., WACV 2024, arXiv 2308.14761).
+
+A closed-form edit of every cross-attention key and value projection W (target ``cross_attn_kv``).
+Eq. 7 of the paper, with the erase/preserve scales and the λ regulariser of the released code::
+
+    W* = (η_e Σ_{c_i∈E} v_i* c_iᵀ + η_p Σ_{c_j∈P} W_old c_j c_jᵀ + λ W_old)
+         (η_e Σ_{c_i∈E} c_i c_iᵀ   + η_p Σ_{c_j∈P} c_j c_jᵀ       + λ I)⁻¹
+
+with v_i* = W_old a_i, a_i the embedding of c_i's anchor (the guide concept; "" when none). The λ
+terms keep W* = W_old in every direction the erase and preserve sets do not constrain and make the
+inverse exist. Because every target is W_old times an embedding, eq. 7 factorises as
+
+    W* = W_old (I + K),   K = η_e (A − C_E)ᵀ C_E M⁻¹,   M = η_e C_Eᵀ C_E + η_p C_Pᵀ C_P + λ I
+
+(rows of C_E, A, C_P: erase, anchor and preserve embeddings). K depends only on the text embeddings,
+so one d×d solve serves every K/V projection of the UNet; the artifact stores ΔW = W_old K.
+
+Which token embeddings: the UNet reads the whole padded context, and a causal text encoder spreads a
+concept over its own token, the end-of-text token and the padding after it. ``tokens="all"`` (the
+default) therefore maps every position but the start token of the concept prompt onto the anchor
+prompt's embedding at the same position, as the code behind the paper's experiments does
+(``train-erasing-closed.py``). ``"prompt"`` keeps to the concept's own tokens and its end token;
+``"last"`` uses only the concept's last word token mapped onto the anchor's (the later reference
+script ``uce_sd_erase.py``; for the empty anchor that is the start token). The start token is the same
+vector in every prompt and carries nothing to erase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from erasekit.artifacts import Artifact
+from erasekit.concepts import ConceptSpec
+from erasekit.errors import ErasekitError
+from erasekit.methods.base import require
+
+TARGET = "cross_attn_kv"
+
+
+@dataclass(frozen=True)
+class UCEConfig:
+    erase_scale: float = 1.0
+    """η_e: weight of the erase terms in eq. 7 (> 0)."""
+    preserve_scale: float = 1.0
+    """η_p: weight of the preserve terms in eq. 7 (≥ 0)."""
+    lamb: float = 0.5
+    """λ: regulariser pulling W* towards W_old in unconstrained directions (> 0; reference default 0.5)."""
+    tokens: Literal["all", "prompt", "last"] = "all"
+    """Token positions edited: all (every position but the start token, mapped position-wise onto the anchor prompt), prompt (the concept's tokens and end token), last (the concept's last word token onto the anchor's)."""
+    use_templates: bool = False
+    """Also edit each concept inside every prompt template of the concept spec ("a photo of a {}")."""
+
+    def __post_init__(self) -> None:
+        require(
+            self.erase_scale > 0,
+            f"erase_scale must be > 0, got {self.erase_scale}; set e.g. -o erase_scale=1.",
+        )
+        require(
+            self.preserve_scale >= 0,
+            f"preserve_scale must be >= 0, got {self.preserve_scale}; set e.g. -o preserve_scale=1.",
+        )
+        require(
+            self.lamb > 0,
+            f"lamb (λ) must be > 0 so eq. 7 is well-posed, got {self.lamb}; set e.g. -o lamb=0.5.",
+        )
+
+
+# ---- the math (torch only) --------------------------------------------------------------------------
+def uce_right_factor(
+    erase: torch.Tensor, anchor: torch.Tensor, preserve: torch.Tensor, config: UCEConfig
+) -> torch.Tensor:
+    """K with W* = W_old (I + K) — eq. 7 for targets v_i* = W_old a_i.
+
+    Args:
+        erase: C_E, [n_e, d] embeddings c_i to move.
+        anchor: A, [n_e, d] embeddings a_i whose projections the c_i must take (v_i* = W_old a_i).
+        preserve: C_P, [n_p, d] embeddings c_j whose projections must stay (n_p may be 0).
+        config: scales η_e, η_p and λ.
+
+    Returns:
+        K, [d, d] in float64.
+    """
+    c_e, a, c_p = (x.to(torch.float64) for x in (erase, anchor, preserve))
+    d = c_e.shape[1]
+    m = (
+        config.erase_scale * c_e.T @ c_e
+        + config.preserve_scale * c_p.T @ c_p
+        + config.lamb * torch.eye(d, dtype=torch.float64)
+    )  # M: the matrix inverted in eq. 7 (symmetric positive definite because λ > 0)
+    # C_E M⁻¹ = (M⁻¹ C_Eᵀ)ᵀ since M is symmetric; a solve is more accurate than an explicit inverse.
+    c_e_m_inv = torch.linalg.solve(m, c_e.T).T
+    return config.erase_scale * (a - c_e).T @ c_e_m_inv
+
+
+def token_positions(ids: torch.Tensor, end_token: int, mode: str) -> list[int]:
+    """Positions of one prompt's padded token ids ``ids`` [L] that ``mode`` edits (see module doc)."""
+    length = ids.shape[0]
+    is_end = (ids[1:] == end_token).nonzero()
+    end = int(is_end[0]) + 1 if len(is_end) else length - 1  # index of the end-of-text token
+    if mode == "last":
+        return [max(end - 1, 0)]
+    if mode == "prompt":
+        return list(range(1, end + 1))
+    return list(range(1, length))
+
+
+# ---- glue to the backend --------------------------------------------------------------------------
+def _pairs(concepts: ConceptSpec, use_templates: bool) -> tuple[list[tuple[str, str]], list[str]]:
+    """(concept prompt, anchor prompt) pairs to erase and prompts to preserve."""
+
+    def contexts(text: str) -> list[str]:
+        return concepts.prompts(text) if use_templates else [text]
+
+    erase_pairs = []
+    for target in concepts.targets:
+        if target.anchor is None:  # no anchor: the unconditional prompt, as in the reference
+            erase_pairs += [(p, "") for p in contexts(target.text)]
+        else:
+            erase_pairs += list(zip(contexts(target.text), contexts(target.anchor)))
+    preserve_prompts = [p for text in concepts.preserve for p in contexts(text)]
+    return erase_pairs, preserve_prompts
+
+
+@torch.no_grad()
+def collect_embeddings(
+    backend: Any, concepts: ConceptSpec, config: UCEConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """C_E, A and C_P (rows: token embeddings) from the backend's text encoder."""
+    erase_pairs, preserve_prompts = _pairs(concepts, config.use_templates)
+    end_token = int(backend.token_ids([""])[0, 1])  # "" tokenises to [start, end, padding ...]
+    sources = [s for s, _ in erase_pairs]
+    anchors = [a for _, a in erase_pairs]
+    ids = backend.token_ids(sources + anchors + preserve_prompts).cpu()
+    embeddings = backend.encode_prompts(sources + anchors + preserve_prompts).float().cpu()
+    n = len(sources)
+    erase_rows, anchor_rows, preserve_rows = [], [], []
+    for i in range(n):
+        if config.tokens == "last":
+            # the concept's last word token onto the anchor's last word token
+            erase_rows.append(embeddings[i, token_positions(ids[i], end_token, "last")])
+            anchor_rows.append(embeddings[n + i, token_positions(ids[n + i], end_token, "last")])
+        else:
+            # position-wise: what the UNet would read at each position had the anchor been prompted
+            positions = token_positions(ids[i], end_token, config.tokens)
+            erase_rows.append(embeddings[i, positions])
+            anchor_rows.append(embeddings[n + i, positions])
+    for j in range(len(preserve_prompts)):
+        row = 2 * n + j
+        preserve_rows.append(embeddings[row, token_positions(ids[row], end_token, config.tokens)])
+    dim = embeddings.shape[-1]
+    preserve = torch.cat(preserve_rows) if preserve_rows else torch.zeros(0, dim)
+    return torch.cat(erase_rows), torch.cat(anchor_rows), preserve
+
+
+class UCE:
+    """Unified Concept Editing: closed-form erasure in the cross-attention K/V projections."""
+
+    name: ClassVar[str] = "uce"
+    paper: ClassVar[str] = (
+        "Gandikota et al., Unified Concept Editing in Diffusion Models, WACV 2024 (arXiv 2308.14761)"
+    )
+    config_cls: ClassVar[type] = UCEConfig
+    smoke_overrides: ClassVar[tuple[str, ...]] = ()  # closed form: the defaults already take milliseconds
+    # ConceptSpec.from_lists arguments for the conformance suite: UCE uses anchors and a preserve set.
+    smoke_concepts: ClassVar[dict] = {"concepts": ["star"], "anchors": ["square"], "preserve": ["circle"]}
+
+    def erase(self, backend: Any, concepts: ConceptSpec, config: UCEConfig) -> Artifact:
+        erase, anchor, preserve = collect_embeddings(backend, concepts, config)
+        k = uce_right_factor(erase, anchor, preserve, config)  # W* = W_old (I + K)
+        artifact = Artifact(self.name)
+        for name, weight in backend.parameters_for(TARGET).items():
+            if weight.shape[1] != k.shape[0]:
+                raise ErasekitError(
+                    f"{name} reads {weight.shape[1]}-dim context but the text encoder gives {k.shape[0]}; UCE needs matching sizes."
+                )
+            w_old = weight.detach().to("cpu", torch.float64)
+            artifact.add_weight(name, (w_old @ k).to(weight.dtype), mode="delta")  # ΔW = W* − W_old
+        artifact.manifest["edit"] = {
+            "target": TARGET,
+            "erase_vectors": int(erase.shape[0]),
+            "preserve_vectors": int(preserve.shape[0]),
+        }
+        return artifact

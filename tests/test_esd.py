@@ -1,0 +1,125 @@
+"""ESD properties: the loss falls, only the targeted weights move, no second UNet, the model is restored."""
+
+from __future__ import annotations
+
+import copy
+import gc
+
+import pytest
+import torch
+
+from erasekit.artifacts import apply, revert
+from erasekit.concepts import ConceptSpec
+from erasekit.config import build_config
+from erasekit.errors import ErasekitError
+from erasekit.methods import run_method
+from erasekit.methods.esd import ESD, ESDConfig, esd_target
+
+STAR = ConceptSpec.from_lists(["star"])
+
+
+def _snapshot(backend) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in backend.named_parameters().items()}
+
+
+def test_loss_decreases(tiny_backend):
+    # ddim_steps=1: every x_t is fresh noise at the first timestep, so the loss history is not dominated
+    # by which timestep was drawn; a large lr makes a dozen steps enough on the tiny model.
+    config = build_config(ESDConfig, None, ["iterations=12", "ddim_steps=1", "lr=2e-3"])
+    artifact = run_method(ESD(), tiny_backend, STAR, config, seed=0)
+    loss = artifact.manifest["training"]["loss"]
+    assert len(loss) == 12
+    assert sum(loss[-4:]) < 0.5 * sum(loss[:4])
+
+
+@pytest.mark.parametrize(("variant", "target"), [("x", "cross_attn"), ("u", "unet_non_cross")])
+def test_only_targeted_weights_change(tiny_backend, variant, target):
+    config = build_config(ESDConfig, None, [f"variant={variant}", "iterations=2", "ddim_steps=2", "lr=1e-3"])
+    before = _snapshot(tiny_backend)
+    artifact = run_method(ESD(), tiny_backend, STAR, config, seed=0)
+    targeted = set(tiny_backend.parameters_for(target))
+    assert set(artifact.manifest["weights"]) == targeted
+    assert all(mode == "delta" for mode in artifact.manifest["weights"].values())
+    if variant == "u":
+        assert not any(".attn2." in n or "time_embedding" in n for n in targeted)
+    apply(artifact, tiny_backend)
+    try:
+        after = _snapshot(tiny_backend)
+    finally:
+        revert(tiny_backend)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= targeted
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in targeted)
+
+
+def test_teacher_is_not_a_second_unet(tiny_backend, monkeypatch):
+    deepcopy = copy.deepcopy
+
+    def no_module_deepcopy(obj, *args, **kwargs):
+        if isinstance(obj, torch.nn.Module):
+            raise AssertionError(f"ESD deep-copied a {type(obj).__name__}")
+        return deepcopy(obj, *args, **kwargs)
+
+    monkeypatch.setattr(copy, "deepcopy", no_module_deepcopy)
+    unet_type = type(tiny_backend.unet)
+    counts: list[int] = []
+    step = torch.optim.Adam.step
+
+    def counting_step(self, *args, **kwargs):  # count live UNets while training is under way
+        counts.append(sum(type(o) is unet_type for o in gc.get_objects()))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
+    artifact = run_method(
+        ESD(), tiny_backend, STAR, build_config(ESDConfig, None, ["iterations=2", "ddim_steps=2"])
+    )
+    assert counts == [1, 1]
+    # the only copies kept are the trained parameters' originals: ESD-x trains a small part of the UNet
+    trained = artifact.manifest["training"]["trained_parameters"]
+    assert trained < 0.5 * sum(p.numel() for p in tiny_backend.unet.parameters())
+
+
+def test_model_restored_when_training_fails(tiny_backend, monkeypatch):
+    before = _snapshot(tiny_backend)
+    calls = {"n": 0}
+    predict = tiny_backend.predict_noise
+
+    def failing_predict(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # mid-way through the second iteration, after one optimiser step
+            raise RuntimeError("boom")
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_backend, "predict_noise", failing_predict)
+    with pytest.raises(RuntimeError, match="boom"):
+        ESD().erase(tiny_backend, STAR, ESDConfig(iterations=3, ddim_steps=1, lr=1e-2))
+    after = tiny_backend.named_parameters()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(p.requires_grad or p.grad is not None for p in after.values())
+
+
+def test_target_is_negative_guidance():
+    eps_uncond, eps_concept = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 1.0])
+    # η = 1: reflect the concept prediction through the unconditional one
+    torch.testing.assert_close(esd_target(eps_uncond, eps_concept, 1.0), torch.tensor([-1.0, 3.0]))
+    torch.testing.assert_close(esd_target(eps_uncond, eps_concept, 0.5), torch.tensor([0.0, 2.5]))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ConceptSpec.from_lists(["star"], anchors=["square"]),
+        ConceptSpec.from_lists(["star"], preserve=["circle"]),
+    ],
+)
+def test_anchor_or_preserve_is_a_user_error(tiny_backend, spec):
+    with pytest.raises(ErasekitError):
+        ESD().erase(tiny_backend, spec, ESDConfig(iterations=1))
+
+
+@pytest.mark.parametrize(
+    "override", ["iterations=0", "lr=0", "lr=-1e-5", "negative_guidance=0", "variant=z", "ddim_steps=0"]
+)
+def test_bad_config_is_a_user_error(override):
+    with pytest.raises(ErasekitError):
+        build_config(ESDConfig, None, [override])

@@ -1,0 +1,111 @@
+"""UCE properties: erased embeddings project onto their anchors', preserved ones stay, eq. 7 is met."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from erasekit.artifacts import apply, revert
+from erasekit.concepts import ConceptSpec
+from erasekit.config import build_config
+from erasekit.errors import ErasekitError
+from erasekit.methods import run_method
+from erasekit.methods.uce import UCE, UCEConfig, collect_embeddings, uce_right_factor
+
+
+def _edited_weights(backend, artifact) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(W_old, W*) of every K/V projection, read from the model before and after applying."""
+    params = backend.parameters_for("cross_attn_kv")
+    old = {k: p.detach().clone() for k, p in params.items()}
+    apply(artifact, backend)
+    try:
+        return {k: (old[k], params[k].detach().clone()) for k in params}
+    finally:
+        revert(backend)
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("tokens", ["prompt", "last"])
+def test_erased_concepts_map_onto_anchors_and_preserved_stay(tiny_backend, tokens):
+    # Two concepts at once, each with its own anchor, and a preserve set. Few vectors in 32 dims: the
+    # constraints are consistent, so with a small λ eq. 7 meets them almost exactly.
+    spec = ConceptSpec.from_lists(
+        ["star", "heart"], anchors=["square", "circle"], preserve=["triangle", "moon"]
+    )
+    config = build_config(UCEConfig, None, ["lamb=1e-4", f"tokens={tokens}"])
+    artifact = run_method(UCE(), tiny_backend, spec, config, seed=0)
+    erase, anchor, preserve = collect_embeddings(tiny_backend, spec, config)
+    weights = _edited_weights(tiny_backend, artifact)
+    assert set(weights) == set(artifact.manifest["weights"])
+    assert len(weights) >= 4  # K and V of every cross-attention layer
+    for w_old, w_new in weights.values():
+        assert _relative_error(erase @ w_new.T, anchor @ w_old.T) < 1e-2  # W* c_i ≈ v_i* = W_old a_i
+        assert _relative_error(preserve @ w_new.T, preserve @ w_old.T) < 1e-2  # W* c_j ≈ W_old c_j
+        # and the edit is real: before it, the concepts' projections were far from their anchors'
+        assert _relative_error(erase @ w_old.T, anchor @ w_old.T) > 0.1
+
+
+def test_all_tokens_is_a_least_squares_compromise_that_moves_towards_the_anchor(tiny_backend):
+    # "all" edits every padded position: more vectors than dimensions, so eq. 7 is a least-squares fit.
+    spec = ConceptSpec.from_lists(["star"], preserve=["circle"])
+    config = UCEConfig()
+    artifact = run_method(UCE(), tiny_backend, spec, config, seed=0)
+    erase, anchor, preserve = collect_embeddings(tiny_backend, spec, config)
+    assert erase.shape[0] == tiny_backend.token_ids([""]).shape[1] - 1
+    for w_old, w_new in _edited_weights(tiny_backend, artifact).values():
+        before = _relative_error(erase @ w_old.T, anchor @ w_old.T)
+        after = _relative_error(erase @ w_new.T, anchor @ w_old.T)
+        assert after < 0.5 * before
+
+
+def test_factorised_form_equals_eq7_literally():
+    gen = torch.Generator().manual_seed(0)
+    d, out = 12, 7
+    c_e, a, c_p = (torch.randn(n, d, generator=gen, dtype=torch.float64) for n in (3, 3, 5))
+    w_old = torch.randn(out, d, generator=gen, dtype=torch.float64)
+    config = UCEConfig(erase_scale=0.7, preserve_scale=2.0, lamb=0.3)
+    # eq. 7 written out: (η_e Σ v* cᵀ + η_p Σ W_old c cᵀ + λ W_old)(η_e Σ c cᵀ + η_p Σ c cᵀ + λ I)⁻¹
+    v_star = a @ w_old.T
+    left = 0.7 * v_star.T @ c_e + 2.0 * w_old @ c_p.T @ c_p + 0.3 * w_old
+    right = 0.7 * c_e.T @ c_e + 2.0 * c_p.T @ c_p + 0.3 * torch.eye(d, dtype=torch.float64)
+    w_star = left @ torch.inverse(right)
+    k = uce_right_factor(c_e, a, c_p, config)
+    torch.testing.assert_close(w_old @ (torch.eye(d, dtype=torch.float64) + k), w_star)
+
+
+def test_directions_outside_the_edited_embeddings_are_untouched():
+    gen = torch.Generator().manual_seed(1)
+    d = 16
+    c_e, a, c_p = (torch.randn(n, d, generator=gen) for n in (2, 2, 3))
+    k = uce_right_factor(c_e, a, c_p, UCEConfig(lamb=0.5))
+    basis = torch.linalg.qr(torch.cat([c_e, c_p]).T.double(), mode="complete").Q
+    orthogonal = basis[:, 5:]  # orthogonal to every erase and preserve embedding
+    assert float((k @ orthogonal).abs().max()) < 1e-10
+
+
+def test_no_anchor_maps_to_the_unconditional_prompt(tiny_backend):
+    spec = ConceptSpec.from_lists(["star"])
+    config = UCEConfig(tokens="prompt")
+    _erase, anchor, _preserve = collect_embeddings(tiny_backend, spec, config)
+    with torch.no_grad():
+        empty = tiny_backend.encode_prompts([""])[0]
+    torch.testing.assert_close(anchor, empty[1 : 1 + anchor.shape[0]])
+
+
+def test_templates_multiply_the_edited_contexts(tiny_backend):
+    spec = ConceptSpec.from_lists(["star"], anchors=["square"], templates=["{}", "a photo of a {}"])
+    plain = collect_embeddings(tiny_backend, spec, UCEConfig(tokens="last"))[0]
+    templated = collect_embeddings(tiny_backend, spec, UCEConfig(tokens="last", use_templates=True))[0]
+    assert plain.shape[0] == 1 and templated.shape[0] == 2
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["lamb=-1", "lamb=0", "erase_scale=0", "preserve_scale=-0.5", "tokens=middle", "lamb=abc"],
+)
+def test_bad_config_is_a_user_error(override):
+    with pytest.raises(ErasekitError):
+        build_config(UCEConfig, None, [override])
