@@ -1,0 +1,96 @@
+"""Few-shot text-encoder unlearning: properties on the tiny pipeline (seconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from erasekit.artifacts import apply
+from erasekit.concepts import ConceptSpec
+from erasekit.config import build_config
+from erasekit.errors import ErasekitError
+from erasekit.methods import get_method, run_method
+
+FAST = ["num_images=2", "views=2", "probes=4", "generate_steps=2"]
+
+
+def erase(backend, overrides, concepts=None):
+    method = get_method("fewshot")
+    config = build_config(method.config_cls, None, FAST + overrides)
+    concepts = concepts or ConceptSpec.from_lists(["cat"], preserve=["dog"], templates=["a photo of a {}", "{}"])
+    return run_method(method, backend, concepts, config, seed=0)
+
+
+def test_only_text_encoder_changes_and_unet_is_bit_equal(tiny_backend, tiny_pipeline):
+    artifact = erase(tiny_backend, ["lr=1e-3", "epochs=2", "stop_rule=none", "max_drift=0"])
+    assert artifact.manifest["weights"], "no parameter changed"
+    assert all(name.startswith("text_encoder.") for name in artifact.manifest["weights"])
+    # The default target is every layer's MLP plus the last layer's attention, for any depth.
+    names = set(artifact.manifest["weights"])
+    assert any(".layers.0.mlp.fc1." in n for n in names)
+    assert any(".layers.1.self_attn." in n for n in names)
+    assert not any(".layers.0.self_attn." in n for n in names)
+
+    unet_before = {k: v.clone() for k, v in tiny_pipeline.unet.state_dict().items()}
+    text_before = {k: v.clone() for k, v in tiny_pipeline.text_encoder.state_dict().items()}
+    apply(artifact, tiny_pipeline)
+    for key, value in tiny_pipeline.unet.state_dict().items():
+        assert torch.equal(value, unet_before[key]), key
+    changed = [k for k, v in tiny_pipeline.text_encoder.state_dict().items() if not torch.equal(v, text_before[k])]
+    assert changed
+
+
+def test_denoising_loss_of_the_concept_goes_up(tiny_backend):
+    report = erase(tiny_backend, ["lr=3e-3", "epochs=3", "stop_rule=none", "max_drift=0"]).manifest["training"]
+    assert report["steps_run"] == report["steps_max"] == 3
+    assert report["probe_loss_final"] > report["probe_loss_initial"]
+
+
+def test_loss_bound_stops_the_ascent(tiny_backend):
+    report = erase(
+        tiny_backend, ["lr=1e-2", "epochs=20", "stop_rule=initial", "stop_factor=1.0001", "max_drift=0"]
+    ).manifest["training"]
+    assert report["stopped_by"] == "loss_bound"
+    assert report["steps_run"] < report["steps_max"]
+    assert report["probe_loss_final"] >= report["loss_ceiling"]
+
+
+def test_trust_region_undoes_the_step_that_leaves_it(tiny_backend):
+    artifact = erase(tiny_backend, ["lr=1e-2", "epochs=5", "stop_rule=none", "max_drift=1e-9"])
+    report = artifact.manifest["training"]
+    assert report["stopped_by"] == "trust_region"
+    assert report["steps_run"] == 0
+    assert not artifact.manifest.get("weights")  # the only step was undone: nothing changed
+
+
+def test_zero_shot_generates_its_own_images_or_raises(tiny_backend):
+    report = erase(tiny_backend, ["epochs=1"]).manifest["training"]
+    assert report["image_source"] == ["generated"]
+    with pytest.raises(ErasekitError, match="--images"):
+        erase(tiny_backend, ["zero_shot=error"])
+
+
+def test_images_dir_and_shapesworld_renders(tiny_backend, tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (24, 20), (200, 10 * i, 10)).save(tmp_path / f"{i}.png")
+    report = erase(tiny_backend, ["epochs=1", f"images_dir={tmp_path}"]).manifest["training"]
+    assert report["image_source"] == ["images_dir"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ErasekitError, match="No PNG/JPG"):
+        erase(tiny_backend, ["epochs=1", f"images_dir={tmp_path / 'empty'}"])
+
+    tiny_backend.name = "shapes"  # the renderer supplies real images on ShapesWorld
+    report = erase(tiny_backend, ["epochs=1"], ConceptSpec.from_lists(["star"])).manifest["training"]
+    assert report["image_source"] == ["shapesworld"]
+
+
+def test_bad_inputs_raise_one_line_errors(tiny_backend):
+    method = get_method("fewshot")
+    with pytest.raises(ErasekitError):
+        build_config(method.config_cls, None, ["lr=0"])
+    with pytest.raises(ErasekitError):
+        build_config(method.config_cls, None, ["stop_rule=sometimes"])
+    with pytest.raises(ErasekitError, match="text encoder only"):
+        erase(tiny_backend, ["target=cross_attn_kv"])
