@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -155,6 +156,9 @@ def test_atomic_write_leaves_no_temp_files_and_keeps_old_result_on_failure(tmp_p
     _small_artifact().save(tmp_path / "x")
     _small_artifact().save(tmp_path / "x")  # overwrite
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in tmp_path.iterdir())  # not mkstemp's 0600
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
     def crash(*args, **kwargs):
