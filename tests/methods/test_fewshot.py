@@ -17,7 +17,9 @@ FAST = ["num_images=2", "views=2", "probes=4", "generate_steps=2"]
 def erase(backend, overrides, concepts=None):
     method = get_method("fewshot")
     config = build_config(method.config_cls, None, FAST + overrides)
-    concepts = concepts or ConceptSpec.from_lists(["cat"], preserve=["dog"], templates=["a photo of a {}", "{}"])
+    concepts = concepts or ConceptSpec.from_lists(
+        ["cat"], preserve=["dog"], templates=["a photo of a {}", "{}"]
+    )
     return run_method(method, backend, concepts, config, seed=0)
 
 
@@ -36,12 +38,16 @@ def test_only_text_encoder_changes_and_unet_is_bit_equal(tiny_backend, tiny_pipe
     apply(artifact, tiny_pipeline)
     for key, value in tiny_pipeline.unet.state_dict().items():
         assert torch.equal(value, unet_before[key]), key
-    changed = [k for k, v in tiny_pipeline.text_encoder.state_dict().items() if not torch.equal(v, text_before[k])]
+    changed = [
+        k for k, v in tiny_pipeline.text_encoder.state_dict().items() if not torch.equal(v, text_before[k])
+    ]
     assert changed
 
 
 def test_denoising_loss_of_the_concept_goes_up(tiny_backend):
-    report = erase(tiny_backend, ["lr=3e-3", "epochs=3", "stop_rule=none", "max_drift=0"]).manifest["training"]
+    report = erase(tiny_backend, ["lr=3e-3", "epochs=3", "stop_rule=none", "max_drift=0"]).manifest[
+        "training"
+    ]
     assert report["steps_run"] == report["steps_max"] == 3
     assert report["probe_loss_final"] > report["probe_loss_initial"]
 

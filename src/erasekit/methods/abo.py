@@ -121,7 +121,12 @@ class AllButOne:
         "Diffusion Models, AAAI 2024, arXiv:2312.12807"
     )
     config_cls: ClassVar[type] = AllButOneConfig
-    smoke_overrides: ClassVar[tuple[str, ...]] = ("steps=3", "sample_steps=2", "trajectories=1", "batch_size=2")
+    smoke_overrides: ClassVar[tuple[str, ...]] = (
+        "steps=3",
+        "sample_steps=2",
+        "trajectories=1",
+        "batch_size=2",
+    )
 
     def erase(self, backend: Any, concepts: ConceptSpec, config: AllButOneConfig) -> Artifact:
         params = backend.parameters_for(config.target)

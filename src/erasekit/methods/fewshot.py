@@ -145,7 +145,9 @@ def render_world_images(concept: str, n: int, size: int, generator: torch.Genera
     return render(shapes, colors, styles, size=size, generator=generator)
 
 
-def augmented_views(images: torch.Tensor, views: int, mode: str, crop_scale: float, generator: torch.Generator) -> torch.Tensor:
+def augmented_views(
+    images: torch.Tensor, views: int, mode: str, crop_scale: float, generator: torch.Generator
+) -> torch.Tensor:
     """[N, V, 3, H, W]: view 0 the image, view 1 its mirror, further views random crops resized back."""
     n, _, h, w = images.shape
     out = [images]
@@ -174,7 +176,13 @@ class FewShot:
         "BMVC 2024, arXiv:2405.07288"
     )
     config_cls: ClassVar[type] = FewShotConfig
-    smoke_overrides: ClassVar[tuple[str, ...]] = ("num_images=2", "epochs=1", "views=2", "probes=2", "generate_steps=2")
+    smoke_overrides: ClassVar[tuple[str, ...]] = (
+        "num_images=2",
+        "epochs=1",
+        "views=2",
+        "probes=2",
+        "generate_steps=2",
+    )
 
     def erase(self, backend: Any, concepts: ConceptSpec, config: FewShotConfig) -> Artifact:
         params = backend.parameters_for(config.target)
@@ -208,7 +216,12 @@ class FewShot:
 
     # -- data
     def _concept_latents(
-        self, backend: Any, concepts: ConceptSpec, concept: str, config: FewShotConfig, generator: torch.Generator
+        self,
+        backend: Any,
+        concepts: ConceptSpec,
+        concept: str,
+        config: FewShotConfig,
+        generator: torch.Generator,
     ) -> dict[str, Any]:
         size = int(getattr(backend, "default_size", 512))
         images = None
@@ -246,7 +259,14 @@ class FewShot:
         return {"concept": concept, "latents": latents, "source": source, "images": n}
 
     # -- probes for the stopping rule
-    def _probe_set(self, backend: Any, concepts: ConceptSpec, data: list[dict], config: FewShotConfig, generator: torch.Generator):
+    def _probe_set(
+        self,
+        backend: Any,
+        concepts: ConceptSpec,
+        data: list[dict],
+        config: FewShotConfig,
+        generator: torch.Generator,
+    ):
         probes = []
         for item in data:
             lat = item["latents"][:, 0]  # un-augmented view
@@ -254,8 +274,13 @@ class FewShot:
             idx = torch.arange(config.probes) % n
             x0 = lat[idx]
             # Stratified timesteps so the probe covers the whole schedule.
-            t = ((torch.arange(config.probes) + torch.rand(config.probes, generator=generator)) / config.probes)
-            t = (t * backend.num_train_timesteps).long().clamp(max=backend.num_train_timesteps - 1).to(x0.device)
+            t = (torch.arange(config.probes) + torch.rand(config.probes, generator=generator)) / config.probes
+            t = (
+                (t * backend.num_train_timesteps)
+                .long()
+                .clamp(max=backend.num_train_timesteps - 1)
+                .to(x0.device)
+            )
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             prompts = concepts.prompts(item["concept"])
             captions = [prompts[i % len(prompts)] for i in range(config.probes)]
@@ -299,7 +324,9 @@ class FewShot:
         def drift() -> float:
             with torch.no_grad():
                 now = backend.encode_prompts(neutral)
-            per = (now - neutral_ref).flatten(1).norm(dim=1) / neutral_ref.flatten(1).norm(dim=1).clamp_min(1e-8)
+            per = (now - neutral_ref).flatten(1).norm(dim=1) / neutral_ref.flatten(1).norm(dim=1).clamp_min(
+                1e-8
+            )
             return float(per.max())
 
         for p in params.values():
@@ -341,10 +368,14 @@ class FewShot:
                         for n, p in params.items():
                             p.copy_(before[n])
                     stopped = "trust_region"
-                    history.append({"step": step, "train_loss": -loss.item(), "drift": drift_now, "undone": True})
+                    history.append(
+                        {"step": step, "train_loss": -loss.item(), "drift": drift_now, "undone": True}
+                    )
                     break
             loss_now = self._probe_loss(backend, probes)
-            history.append({"step": step, "train_loss": -loss.item(), "probe_loss": loss_now, "drift": drift_now})
+            history.append(
+                {"step": step, "train_loss": -loss.item(), "probe_loss": loss_now, "drift": drift_now}
+            )
         for p in params.values():
             p.requires_grad_(False)
         return {
