@@ -10,6 +10,8 @@ from erasekit.methods.base import Method, run_method
 _REGISTRY: dict[str, str] = {
     "uce": "erasekit.methods.uce:UCE",
     "esd": "erasekit.methods.esd:ESD",
+    "spm": "erasekit.methods.spm:SPM",
+    "itd": "erasekit.methods.itd:ItD",
     "fewshot": "erasekit.methods.fewshot:FewShot",
     "abo": "erasekit.methods.abo:AllButOne",
 }

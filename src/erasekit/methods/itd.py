@@ -1,0 +1,513 @@
+"""ItD — Interpret then Deactivate: erase concepts by switching off sparse-autoencoder features.
+
+*Concept Steerers / Interpret then Deactivate* (arXiv 2503.09446). Nothing of the diffusion model is
+trained. What is implemented:
+
+* **SAE** (trained once per text encoder and layer, cached as a reusable asset). A top-k sparse
+  autoencoder (Gao et al. 2024) on the text encoder's residual stream h ∈ R^d at layer ℓ
+  (the output of encoder layer ℓ; public: hidden state 8 of 12, i.e. ℓ = round(2/3 · depth) − 1):
+  ``x = h / s`` (s a fixed input scale so that E‖x‖² ≈ d),
+  ``z = TopK_k(ReLU(W_enc (x − b_dec) + b_enc))``, ``x̂ = W_dec z + b_dec``, decoder columns kept at
+  unit norm; loss ``‖x − x̂‖² + α_aux ‖e − W_dec z_aux‖²`` where e = x − x̂ and z_aux are the top
+  k_aux pre-activations of latents dead for ``dead_steps`` steps (the auxiliary loss). k scales with
+  width (public k = 64 at d = 768). The BOS position is excluded (it is the same for every prompt).
+* **Interpret** (training-free, per concept). Prompt-level activation a_pj = max over positions of
+  z_j. Features F_c: fire on ≥ ``min_target_rate`` of the target prompts, on ≤ ``max_retain_rate`` of
+  the retain prompts, ranked by mean target activation × (target rate − retain rate), the top
+  ``n_features``. Several concepts: F = ∪ F_c.
+* **Deactivate** (inference). z_F ← λ z_F (public λ = −8) and decode *with the SAE's error added
+  back*: ``h' = h + s W_dec[:, F] (λ − 1) z_F`` — gated prompts change only by the edit.
+* **Gate** (the zero-shot classifier). score(p) = max over positions of ‖h' − h‖; the edit is applied
+  to a prompt only when score(p) > τ, otherwise its hidden states pass through bit-exactly. Public τ is
+  the minimum score over the training prompts, which lets weaker paraphrases (synonyms) slip under it.
+  Default here (``threshold="between"``): τ between the two score distributions, a fraction ρ of the
+  way from the highest retain score to the lowest target score (closer to retain: a paraphrase that
+  activates the concept features at all, more than any retain prompt does, is gated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from erasekit.artifacts import Artifact, InferenceHook, register_hook_kind
+from erasekit.backends.base import fingerprint_components
+from erasekit.concepts import ConceptSpec
+from erasekit.methods.base import require
+
+# ---- config ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItDConfig:
+    """Hyper-parameters of ItD (SAE asset, feature selection, gate)."""
+
+    layer: int | None = None
+    """Text-encoder layer whose output the SAE reads (0-based); None = from layer_fraction."""
+    layer_fraction: float = 2 / 3
+    """Layer as a fraction of depth when layer is None: round(fraction · depth) − 1 (public: 8 of 12)."""
+    expansion: int = 8
+    """SAE latents = expansion · hidden width."""
+    k: int | None = None
+    """Top-k active latents; None = 64 · width / 768 (public k = 64 on CLIP ViT-L), at least 4."""
+    sae_steps: int = 1500
+    """SAE optimizer steps (batches of sae_batch token states)."""
+    sae_batch: int = 1024
+    """Token states per SAE step."""
+    sae_lr: float = 1e-3
+    """Adam learning rate of the SAE."""
+    aux_weight: float = 1 / 32
+    """α_aux: weight of the dead-latent auxiliary loss (Gao et al. 2024)."""
+    dead_steps: int = 100
+    """A latent that has not fired for this many steps counts as dead for the auxiliary loss."""
+    corpus: Literal["auto", "shapes", "templates"] = "auto"
+    """SAE / retain prompt corpus: ShapesWorld captions, or templates × concepts + a generic list; auto picks shapes for ShapesWorld concepts."""
+    corpus_size: int = 3000
+    """Prompts in the SAE corpus."""
+    cache_dir: str = "~/.cache/erasekit/sae"
+    """Where trained SAEs are kept (keyed by text-encoder fingerprint, layer and SAE settings)."""
+    feature_scale: float = -8.0
+    """λ: the selected features' codes are multiplied by this (public −8)."""
+    n_features: int = 16
+    """At most this many features per concept."""
+    min_target_rate: float = 0.3
+    """A feature must fire on at least this share of the target prompts."""
+    max_retain_rate: float = 0.05
+    """A feature may fire on at most this share of the retain prompts."""
+    threshold: Literal["between", "min_target"] = "between"
+    """Gate threshold: between the retain and target score distributions, or the public minimum over target prompts."""
+    threshold_position: float = 0.25
+    """ρ for threshold=between: τ = max retain + ρ (min target − max retain)."""
+    n_target_prompts: int = 200
+    """Target prompts per concept for interpretation and calibration (ShapesWorld captions); templates are always added."""
+
+    def __post_init__(self) -> None:
+        require(self.expansion >= 1, "expansion must be at least 1.")
+        require(self.k is None or self.k >= 1, "k must be at least 1 (or none to scale with width).")
+        require(0 < self.layer_fraction <= 1, "layer_fraction must be in (0, 1]; try 0.667.")
+        require(self.sae_steps >= 1 and self.sae_batch >= 1, "sae_steps and sae_batch must be positive.")
+        require(self.n_features >= 1, "n_features must be at least 1.")
+        require(0 <= self.threshold_position <= 1, "threshold_position must be in [0, 1].")
+
+
+# ---- the sparse autoencoder ----------------------------------------------------------------------------
+
+
+class TopKSAE(nn.Module):
+    """Top-k sparse autoencoder on (scaled) residual-stream vectors; decoder columns have unit norm."""
+
+    def __init__(self, width: int, n_latents: int, k: int, generator: torch.Generator | None = None):
+        super().__init__()
+        self.k = k
+        decoder = torch.randn(width, n_latents, generator=generator)
+        decoder = decoder / decoder.norm(dim=0, keepdim=True)
+        self.W_dec = nn.Parameter(decoder)
+        self.W_enc = nn.Parameter(decoder.T.clone())
+        self.b_enc = nn.Parameter(torch.zeros(n_latents))
+        self.b_dec = nn.Parameter(torch.zeros(width))
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.b_dec) @ self.W_enc.T + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return topk_codes(self.pre_activation(x), self.k)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.W_dec.T + self.b_dec
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8))
+
+
+def topk_codes(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """z = TopK_k(ReLU(pre)) along the last dimension."""
+    values, indices = pre.relu().topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, indices, values)
+
+
+def train_sae(
+    states: torch.Tensor, n_latents: int, k: int, config: ItDConfig, generator: torch.Generator
+) -> tuple[TopKSAE, dict]:
+    """Fit a top-k SAE to ``states`` [N, d] (already scaled). Returns the SAE and training stats."""
+    width = states.shape[1]
+    sae = TopKSAE(width, n_latents, k, generator)
+    with torch.no_grad():
+        sae.b_dec.copy_(states.mean(0))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=config.sae_lr)
+    last_fired = torch.zeros(n_latents, dtype=torch.long)
+    k_aux = min(max(2 * k, 1), n_latents // 2)
+    variance = (states - states.mean(0)).pow(2).sum(-1).mean()
+    for step in range(config.sae_steps):
+        batch = states[torch.randint(states.shape[0], (config.sae_batch,), generator=generator)]
+        pre = sae.pre_activation(batch)
+        z = topk_codes(pre, k)
+        reconstruction = sae.decode(z)
+        error = batch - reconstruction
+        loss = error.pow(2).sum(-1).mean() / variance
+        fired = (z > 0).any(0)
+        last_fired[fired] = step
+        dead = (step - last_fired) >= config.dead_steps
+        if config.aux_weight > 0 and int(dead.sum()) > 0:
+            dead_pre = pre.masked_fill(~dead, float("-inf"))
+            n_aux = min(k_aux, int(dead.sum()))
+            values, indices = dead_pre.topk(n_aux, dim=-1)
+            z_aux = torch.zeros_like(pre).scatter(-1, indices, values.relu())
+            aux = (error.detach() - z_aux @ sae.W_dec.T).pow(2).sum(-1).mean() / variance
+            loss = loss + config.aux_weight * aux
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sae.normalise_decoder()
+    with torch.no_grad():
+        sample = states[: min(states.shape[0], 20000)]
+        z = sae.encode(sample)
+        fvu = float(
+            (sample - sae.decode(z)).pow(2).sum(-1).mean() / (sample - sample.mean(0)).pow(2).sum(-1).mean()
+        )
+        alive = int(((z > 0).any(0)).sum())
+    return sae, {"fraction_variance_unexplained": fvu, "alive_latents": alive, "n_latents": n_latents}
+
+
+# ---- prompt corpora ----------------------------------------------------------------------------------
+
+GENERIC_WORDS: tuple[str, ...] = (
+    "dog", "cat", "car", "house", "tree", "mountain", "river", "city", "flower", "bird", "horse",
+    "boat", "chair", "table", "book", "cup", "person", "child", "forest", "beach", "bridge", "castle",
+    "robot", "apple", "guitar", "train", "street", "garden", "lake", "sky", "portrait", "landscape",
+    "red", "blue", "green", "yellow", "old", "small", "large", "bright", "dark", "wooden",
+)  # fmt: skip
+GENERIC_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}", "a painting of a {}", "a {} in the sun", "a close-up of a {}",
+    "a drawing of a {}", "an image of a {}", "a {} at night", "a picture of the {}",
+)  # fmt: skip
+
+
+def _is_shapes(concepts: ConceptSpec, backend, corpus: str) -> bool:
+    if corpus != "auto":
+        return corpus == "shapes"
+    from erasekit.world import all_concepts
+
+    words = set(all_concepts())
+    return getattr(backend, "name", "") == "shapes" or all(t.text in words for t in concepts.targets)
+
+
+def _has_word(text: str, word: str) -> bool:
+    return f" {word} " in f" {text.replace(',', ' ')} "
+
+
+def sae_corpus(shapes: bool, concepts: ConceptSpec, size: int, seed: int) -> list[str]:
+    """The prompts whose token states train the SAE (independent of which concept is erased on shapes)."""
+    generator = torch.Generator().manual_seed(seed)
+    if shapes:
+        from erasekit.world import caption, sample_labels
+
+        return [caption(labels, generator, 0.13) for labels in sample_labels(size, generator, p_no_shape=0.1)]
+    words = list(GENERIC_WORDS) + concepts.erase_texts + list(concepts.preserve)
+    templates = list(GENERIC_TEMPLATES) + list(concepts.templates)
+    prompts = [t.format(w) for t in templates for w in words]
+    order = torch.randperm(len(prompts), generator=generator).tolist()
+    return [prompts[i] for i in order][:size] if size < len(prompts) else prompts
+
+
+def target_prompts(shapes: bool, concepts: ConceptSpec, concept: str, n: int, seed: int) -> list[str]:
+    """Prompts that contain ``concept``: the spec's templates (+ ShapesWorld captions featuring it)."""
+    prompts = concepts.prompts(concept) + [t.format(concept) for t in GENERIC_TEMPLATES[:4]]
+    if shapes:
+        from erasekit.world import caption, domain_of, sample_labels
+
+        generator = torch.Generator().manual_seed(seed)
+        domain = domain_of(concept)
+        while len(prompts) < n:
+            labels = sample_labels(1, generator)[0]
+            labels[domain] = concept
+            text = caption(labels, generator, 0.0)
+            if _has_word(text, concept):
+                prompts.append(text)
+    return prompts
+
+
+def retain_prompts(shapes: bool, concepts: ConceptSpec, n: int, seed: int) -> list[str]:
+    """Prompts without any erased concept: world captions (or the generic list) + preserved concepts."""
+    erased = concepts.erase_texts
+    prompts = [p for c in concepts.preserve for p in concepts.prompts(c)]
+    if shapes:
+        from erasekit.world import caption, domain_of, sample_labels
+
+        generator = torch.Generator().manual_seed(seed)
+        while len(prompts) < n:
+            labels = sample_labels(1, generator, p_no_shape=0.1)[0]
+            if any(labels.get(domain_of(c)) == c for c in erased):
+                continue
+            prompts.append(caption(labels, generator, 0.13))
+    else:
+        words = [w for w in GENERIC_WORDS if w not in erased]
+        prompts += [t.format(w) for t in GENERIC_TEMPLATES for w in words]
+    return prompts
+
+
+# ---- interpretation and the gate ---------------------------------------------------------------------
+
+
+def edit_delta(
+    x: torch.Tensor,
+    sae_tensors: dict[str, torch.Tensor],
+    features: torch.Tensor,
+    k: int,
+    feature_scale: float,
+) -> torch.Tensor:
+    """Δx = W_dec[:, F] (λ − 1) z_F for scaled states x [..., d] (the SAE error is kept: h' = h + s Δx)."""
+    pre = (x - sae_tensors["b_dec"]) @ sae_tensors["W_enc"].T + sae_tensors["b_enc"]
+    z = topk_codes(pre, k)
+    return ((feature_scale - 1.0) * z[..., features]) @ sae_tensors["W_dec"][:, features].T
+
+
+def select_features(
+    target_codes: torch.Tensor, retain_codes: torch.Tensor, config: ItDConfig
+) -> tuple[torch.Tensor, dict]:
+    """F_c from prompt-level activations [P, n] of target and retain prompts (see module docstring)."""
+    rate_t = (target_codes > 0).float().mean(0)
+    rate_r = (retain_codes > 0).float().mean(0)
+    mean_t = target_codes.mean(0)
+    eligible = (rate_t >= config.min_target_rate) & (rate_r <= config.max_retain_rate)
+    score = torch.where(eligible, mean_t * (rate_t - rate_r), torch.full_like(mean_t, -1.0))
+    order = score.argsort(descending=True)
+    chosen = order[: config.n_features]
+    chosen = chosen[score[chosen] > 0]
+    stats = {
+        int(j): {"target_rate": round(float(rate_t[j]), 3), "retain_rate": round(float(rate_r[j]), 3)}
+        for j in chosen
+    }
+    return chosen, stats
+
+
+def calibrate_threshold(target_scores: torch.Tensor, retain_scores: torch.Tensor, config: ItDConfig) -> float:
+    """τ of the zero-shot gate from gate scores of target and retain prompts."""
+    low_target = float(target_scores.min())
+    if config.threshold == "min_target":
+        # Public rule, applied strictly (score > τ): nudge just below the minimum so it is gated itself.
+        return low_target * (1 - 1e-6)
+    high_retain = float(retain_scores.max()) if retain_scores.numel() else 0.0
+    if low_target > high_retain:
+        return high_retain + config.threshold_position * (low_target - high_retain)
+    # Overlap: the candidate with the fewest errors (target missed + retain gated); unique() sorts, so
+    # argmin breaks ties towards the lower threshold (recall first).
+    candidates = torch.cat([target_scores, retain_scores]).unique()
+    errors = torch.stack([(target_scores <= c).sum() + (retain_scores > c).sum() for c in candidates])
+    return float(candidates[int(errors.argmin())])
+
+
+# ---- the inference hook ---------------------------------------------------------------------------------
+
+
+@register_hook_kind("itd_sae")
+class ItDHook(InferenceHook):
+    """Forward hook on one CLIP encoder layer: deactivate SAE features of gated prompts, pass the rest.
+
+    Tensors: ``W_enc``, ``b_enc``, ``W_dec``, ``b_dec`` (the SAE), ``features`` (F), ``input_scale`` (s).
+    Config: ``k``, ``feature_scale`` (λ), ``threshold`` (τ), ``skip_positions`` (leading positions
+    left alone: the BOS token).
+    """
+
+    def attach(self) -> list:
+        self.last_scores: torch.Tensor | None = None
+        return [self.module.register_forward_hook(self._edit)]
+
+    def _edit(self, module: nn.Module, args: tuple, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        skip = int(self.config.get("skip_positions", 1))
+        scale = self.tensors["input_scale"].to(hidden.device, torch.float32)
+        sae = {
+            k: self.tensors[k].to(hidden.device, torch.float32) for k in ("W_enc", "b_enc", "W_dec", "b_dec")
+        }
+        features = self.tensors["features"].to(hidden.device, torch.int64)
+        with torch.no_grad():
+            delta = scale * edit_delta(
+                hidden[:, skip:].float() / scale,
+                sae,
+                features,
+                int(self.config["k"]),
+                float(self.config["feature_scale"]),
+            )
+            scores = delta.norm(dim=-1).amax(dim=1)
+            self.last_scores = scores
+            gated = scores > float(self.config["threshold"])
+        if not bool(gated.any()):
+            return None  # every prompt passes through bit-exactly
+        edited = hidden.clone()
+        edited[gated, skip:] = (hidden[gated, skip:].float() + delta[gated]).to(hidden.dtype)
+        return (edited, *output[1:]) if isinstance(output, tuple) else edited
+
+
+# ---- the method ---------------------------------------------------------------------------------------
+
+
+def _layer_states(backend, layer_name: str, prompts: list[str], batch: int = 256) -> torch.Tensor:
+    """Output of the text-encoder layer ``layer_name`` for ``prompts``: [P, L, d] float32."""
+    module = backend.named_modules()[layer_name]
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, _args, output):
+        captured.append((output[0] if isinstance(output, tuple) else output).detach().float().cpu())
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(prompts), batch):
+                backend.encode_prompts(prompts[i : i + batch])
+    finally:
+        handle.remove()
+    return torch.cat(captured)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ItD:
+    """ItD (arXiv 2503.09446): SAE features of the text encoder switched off behind a zero-shot gate."""
+
+    name: ClassVar[str] = "itd"
+    paper: ClassVar[str] = (
+        "Interpret then Deactivate: concept erasure with sparse autoencoders (arXiv 2503.09446)"
+    )
+    config_cls: ClassVar[type] = ItDConfig
+    smoke_overrides: ClassVar[tuple[str, ...]] = (
+        "sae_steps=20",
+        "sae_batch=128",
+        "corpus_size=64",
+        "n_target_prompts=8",
+        "min_target_rate=0.1",
+        "max_retain_rate=0.5",
+    )
+
+    def resolve_layer(self, backend, config: ItDConfig) -> int:
+        n = backend.n_text_layers
+        if config.layer is not None:
+            require(
+                0 <= config.layer < n,
+                f"layer {config.layer} does not exist; this text encoder has {n} layers (0..{n - 1}).",
+            )
+            return config.layer
+        return min(max(round(config.layer_fraction * n) - 1, 0), n - 1)
+
+    def sae_for(self, backend, concepts: ConceptSpec, config: ItDConfig, layer: int) -> tuple[dict, dict]:
+        """The cached SAE for this text encoder and layer (trained and saved on first use)."""
+        layer_name = backend.text_layer_module(layer)
+        shapes = _is_shapes(concepts, backend, config.corpus)
+        settings = {
+            "layer": layer,
+            "expansion": config.expansion,
+            "k": config.k,
+            "steps": config.sae_steps,
+            "batch": config.sae_batch,
+            "lr": config.sae_lr,
+            "aux_weight": config.aux_weight,
+            "dead_steps": config.dead_steps,
+            "corpus": "shapes" if shapes else "templates",
+            "corpus_size": config.corpus_size,
+            # the template corpus depends on the concepts; the ShapesWorld one does not
+            "words": [] if shapes else sorted(concepts.erase_texts + list(concepts.preserve)),
+        }
+        encoder_fp = fingerprint_components({"text_encoder": backend.components["text_encoder"]})
+        key = hashlib.sha256(json.dumps([encoder_fp, settings], sort_keys=True).encode()).hexdigest()[:20]
+        path = Path(config.cache_dir).expanduser() / f"sae-L{layer}-{key}.safetensors"
+        if path.is_file():
+            tensors = load_file(os.fspath(path))
+            return tensors, {"path": str(path), "cached": True, **settings}
+        prompts = sae_corpus(shapes, concepts, config.corpus_size, seed=0)
+        states = _layer_states(backend, layer_name, prompts)[:, 1:]
+        states = states.reshape(-1, states.shape[-1])
+        d = states.shape[1]
+        input_scale = states.norm(dim=-1).mean() / math.sqrt(d)
+        k = config.k if config.k is not None else max(4, round(64 * d / 768))
+        sae, stats = train_sae(
+            states / input_scale, config.expansion * d, k, config, torch.Generator().manual_seed(0)
+        )
+        tensors = {name: p.detach().clone() for name, p in sae.named_parameters()}
+        tensors["input_scale"] = input_scale.reshape(1)
+        tensors["k"] = torch.tensor([k])
+        _atomic_save(tensors, path, {"settings": json.dumps(settings), "stats": json.dumps(stats)})
+        return tensors, {"path": str(path), "cached": False, **settings, **stats}
+
+    def erase(self, backend, concepts: ConceptSpec, config: ItDConfig) -> Artifact:
+        layer = self.resolve_layer(backend, config)
+        layer_name = backend.text_layer_module(layer)
+        sae, sae_info = self.sae_for(backend, concepts, config, layer)
+        k = int(sae["k"][0])
+        scale = sae["input_scale"]
+        sae_core = {name: sae[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        shapes = _is_shapes(concepts, backend, config.corpus)
+
+        def prompt_codes(prompts: list[str]) -> torch.Tensor:
+            x = _layer_states(backend, layer_name, prompts)[:, 1:] / scale
+            pre = (x - sae_core["b_dec"]) @ sae_core["W_enc"].T + sae_core["b_enc"]
+            return topk_codes(pre, k).amax(dim=1)  # [P, n]
+
+        def gate_scores(prompts: list[str], features: torch.Tensor) -> torch.Tensor:
+            x = _layer_states(backend, layer_name, prompts)[:, 1:] / scale
+            return (
+                (scale * edit_delta(x, sae_core, features, k, config.feature_scale)).norm(dim=-1).amax(dim=1)
+            )
+
+        retain = retain_prompts(shapes, concepts, max(4 * config.n_target_prompts, 64), seed=2)
+        retain_codes = prompt_codes(retain)
+        features, per_concept, targets = [], {}, []
+        for i, target in enumerate(concepts.targets):
+            prompts = target_prompts(shapes, concepts, target.text, config.n_target_prompts, seed=1 + i)
+            chosen, stats = select_features(prompt_codes(prompts), retain_codes, config)
+            if chosen.numel() == 0:
+                from erasekit.errors import ErasekitError
+
+                raise ErasekitError(
+                    f"ItD found no SAE feature specific to {target.text!r}; lower min_target_rate or raise max_retain_rate."
+                )
+            per_concept[target.text] = stats
+            features.append(chosen)
+            targets += prompts
+        union = torch.cat(features).unique()
+        target_scores = gate_scores(targets, union)
+        retain_scores = gate_scores(retain, union)
+        tau = calibrate_threshold(target_scores, retain_scores, config)
+
+        artifact = Artifact(method=self.name)
+        artifact.add_hook(
+            "itd_sae",
+            layer_name,
+            {**sae_core, "features": union.to(torch.int64), "input_scale": scale.reshape(1)},
+            {
+                "k": k,
+                "feature_scale": config.feature_scale,
+                "threshold": tau,
+                "skip_positions": 1,
+                "layer": layer,
+            },
+        )
+        artifact.manifest["training"] = {
+            "sae": sae_info,
+            "features": per_concept,
+            "threshold": tau,
+            "target_score_min": float(target_scores.min()),
+            "target_gated": float((target_scores > tau).float().mean()),
+            "retain_score_max": float(retain_scores.max()),
+            "retain_gated": float((retain_scores > tau).float().mean()),
+        }
+        return artifact

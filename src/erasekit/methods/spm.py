@@ -1,0 +1,395 @@
+"""SPM — one-dimensional adapters ("concept-semi-permeable membranes") for concept erasure.
+
+Lyu et al., *One-Dimensional Adapter to Rule Them All: Concepts, Diffusion Models and Erasing
+Applications*, CVPR 2024 (arXiv 2312.16145). Public code: github.com/Con6924/SPM.
+
+What is implemented (symbols as in the paper):
+
+* **Membrane** (Sec. 3.1). Every Linear/Conv ``W`` inside the UNet's transformer blocks gets a rank-r
+  adapter: ``W x + (α/r) · γ · U D x`` with ``D`` [r, in] and ``U`` [out, r]; r = 1 is the paper's
+  one-dimensional adapter. ``U`` starts at zero, so training starts from the base model.
+* **Erasing loss** (eq. 4, the ESD target). At a latent x_t reached by running a short DDIM trajectory
+  (``ddim_steps`` steps, stopped at a random step k, CFG with the target prompt, membrane on, as the
+  public code does) and t the DDIM timestep that follows, the adapted model on the target prompt c
+  must output  ``ε*(x_t, c) = ε(x_t, c_n) − η (ε(x_t, c) − ε(x_t, c_n))`` where ε is the *original*
+  model (membrane off) and c_n the neutral prompt ("" or the user's anchor).
+* **Latent anchoring** (eq. 6–7). Random directions ``v`` in the flattened text-embedding space,
+  rescaled to ``‖c‖ · U(0.8, 1.2)``, are accepted with probability ``1 − cos(v, c)``; the adapted
+  model must reproduce the original on them: ``λ ‖ε_adapted(x_t, v) − ε(x_t, v)‖²`` (λ = 1000,
+  4 anchors a step). All anchors are used (the public code lays the anchor batch out so that the
+  CFG split drops half of them).
+* **Facilitated transport** (Sec. 3.3, eq. 8). At inference every adapter is scaled by
+  ``γ = max(cos(flat(e_p), flat(e_c)), |T(p) ∩ T(c)| / |T(c)|)`` per prompt p, with e the text
+  encoder's output and T the set of non-special token ids; ``γ`` multiplies the adapter output once
+  (the public code scales both factors, which is γ²). See :class:`SPMGate` for how the gate finds a
+  prompt's tokens when all the UNet sees is its embedding.
+
+Teacher and student share one UNet: the membrane is a set of toggleable forward hooks, switched off
+for the teacher passes. The backend's weights are never written.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from erasekit.artifacts import Artifact, InferenceHook, register_hook_kind
+from erasekit.concepts import ConceptSpec
+from erasekit.methods.base import require
+
+# ---- config ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SPMConfig:
+    """Hyper-parameters of SPM (defaults tuned on ShapesWorld; public values noted in the help)."""
+
+    rank: int = 1
+    """Adapter rank r (the paper's one-dimensional membrane is r = 1)."""
+    alpha: float = 1.0
+    """Adapter scale numerator: the adapter output is multiplied by alpha / rank (public: 1)."""
+    target: str = "unet_transformer"
+    """Backend target whose Linear/Conv layers get membranes (public: every layer of the transformer blocks)."""
+    iterations: int = 400
+    """Optimizer steps (public: 3000 on SD 1.4)."""
+    lr: float = 1e-3
+    """Adam learning rate of the membrane factors (public: 1e-4 on SD 1.4)."""
+    eta: float = 1.0
+    """η: strength of the negative guidance in the ESD target (public guidance_scale 1)."""
+    ddim_steps: int = 25
+    """Length of the DDIM trajectory whose intermediate latents are the training inputs (public: 30)."""
+    trajectory_guidance: float = 3.0
+    """CFG scale of the trajectory that produces the training latents (public: 3)."""
+    anchors_per_step: int = 4
+    """Latent-anchoring samples per step (public: 4)."""
+    anchor_weight: float = 1000.0
+    """λ: weight of the latent-anchoring loss (public: 1000)."""
+    use_templates: bool = True
+    """Train on the concept placed in the spec's templates (True) or on the bare concept word (public)."""
+    gate: Literal["facilitated", "always"] = "facilitated"
+    """Inference gate: facilitated transport γ per prompt (paper), or always γ = 1."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip (0 = off)."""
+
+    def __post_init__(self) -> None:
+        require(self.rank >= 1, "rank must be at least 1; try rank=1.")
+        require(self.iterations >= 1, "iterations must be at least 1.")
+        require(self.lr > 0, "lr must be positive; try lr=1e-3.")
+        require(self.ddim_steps >= 2, "ddim_steps must be at least 2 (the trajectory stops part-way).")
+        require(
+            self.anchors_per_step >= 0, "anchors_per_step cannot be negative; use 0 to disable anchoring."
+        )
+        require(self.anchor_weight >= 0, "anchor_weight cannot be negative.")
+
+
+# ---- the membrane during training -----------------------------------------------------------------
+
+
+class Membranes:
+    """Rank-r adapters on a set of Linear/Conv modules, as toggleable forward hooks.
+
+    The arithmetic is the same as the artifact's adapter (``erasekit.artifacts._AdapterHook``) so that
+    what is trained is exactly what is applied. ``enabled`` False makes every hook a no-op (teacher).
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], rank: int, scale: float, generator: torch.Generator):
+        self.scale, self.enabled = scale, False
+        self.down: dict[str, nn.Parameter] = {}
+        self.up: dict[str, nn.Parameter] = {}
+        self.handles = []
+        for name, module in modules.items():
+            weight = module.weight
+            if isinstance(module, nn.Conv2d):
+                down_shape = (rank, module.in_channels // module.groups, *module.kernel_size)
+                up_shape = (module.out_channels, rank, 1, 1)
+            else:
+                down_shape, up_shape = (rank, module.in_features), (module.out_features, rank)
+            fan_in = math.prod(down_shape[1:])
+            # LoRA initialisation: D ~ U(±1/sqrt(fan_in)) (kaiming-uniform, a = sqrt(5)), U = 0.
+            bound = 1.0 / math.sqrt(fan_in)
+            down = (torch.rand(down_shape, generator=generator) * 2 - 1) * bound
+            self.down[name] = nn.Parameter(down.to(weight.device, weight.dtype))
+            self.up[name] = nn.Parameter(torch.zeros(up_shape, device=weight.device, dtype=weight.dtype))
+            self.handles.append(module.register_forward_hook(self._hook(name)))
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for name in self.down for p in (self.down[name], self.up[name])]
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if not self.enabled:
+                return None
+            return output + self.scale * adapter_delta(module, args[0], self.down[name], self.up[name])
+
+        return hook
+
+    def on(self) -> _Toggle:
+        return _Toggle(self, True)
+
+    def off(self) -> _Toggle:
+        return _Toggle(self, False)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+class _Toggle:
+    def __init__(self, membranes: Membranes, state: bool):
+        self.membranes, self.state = membranes, state
+
+    def __enter__(self) -> None:
+        self.previous, self.membranes.enabled = self.membranes.enabled, self.state
+
+    def __exit__(self, *exc: object) -> None:
+        self.membranes.enabled = self.previous
+
+
+def adapter_delta(module: nn.Module, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``U D x`` for a Linear or Conv2d module (down [r, in(, k, k)], up [out, r(, 1, 1)])."""
+    if isinstance(module, nn.Conv2d):
+        hidden = nn.functional.conv2d(
+            x, down, stride=module.stride, padding=module.padding, dilation=module.dilation
+        )
+        return nn.functional.conv2d(hidden, up)
+    return nn.functional.linear(nn.functional.linear(x, down), up)
+
+
+# ---- the math ---------------------------------------------------------------------------------------
+
+
+def esd_target(eps_positive: torch.Tensor, eps_neutral: torch.Tensor, eta: float) -> torch.Tensor:
+    """ε* = ε(x, c_n) − η (ε(x, c) − ε(x, c_n))  (SPM eq. 4; weights sum to 1, so valid for v too)."""
+    return eps_neutral - eta * (eps_positive - eps_neutral)
+
+
+def sample_anchors(target: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Latent-anchoring embeddings (SPM eq. 6): n random directions in the flattened embedding space.
+
+    Each direction v is accepted with probability 1 − cos(v, c) and rescaled to ‖c‖ · U(0.8, 1.2),
+    where c is the target embedding [L, D]. Returns [n, L, D].
+    """
+    flat = target.reshape(-1)
+    norm = flat.norm()
+    anchors = []
+    while len(anchors) < n:
+        v = torch.randn(flat.shape, generator=generator, dtype=flat.dtype).to(flat.device)
+        v = v / v.norm()
+        cos = torch.dot(v, flat) / norm
+        if float(torch.rand((), generator=generator)) < 1 - float(cos):
+            scale = 0.8 + 0.4 * float(torch.rand((), generator=generator))
+            anchors.append(v * norm * scale)
+    return torch.stack(anchors).reshape(n, *target.shape)
+
+
+def transport_gamma(
+    prompt_embeddings: torch.Tensor,
+    target_embeddings: torch.Tensor,
+    token_share: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Facilitated transport γ (SPM eq. 8), one value per prompt.
+
+    Args:
+        prompt_embeddings: [B, L, D] text-encoder outputs the UNet is conditioned on.
+        target_embeddings: [T, L, D] outputs for the erased concept(s).
+        token_share: [B, T] share of each target's tokens present in each prompt (None = unknown: 0).
+
+    Returns:
+        [B] γ = max over targets of max(cos, token share), clamped to [0, 1].
+    """
+    p = prompt_embeddings.reshape(prompt_embeddings.shape[0], -1).float()
+    c = target_embeddings.reshape(target_embeddings.shape[0], -1).to(p.device, torch.float32)
+    cos = nn.functional.normalize(p, dim=-1) @ nn.functional.normalize(c, dim=-1).T  # [B, T]
+    score = cos if token_share is None else torch.maximum(cos, token_share.to(cos))
+    return score.max(dim=1).values.clamp(0.0, 1.0)
+
+
+def token_share(prompt_ids: list[set[int]], target_ids: list[set[int]]) -> torch.Tensor:
+    """[B, T] share |T(p) ∩ T(c)| / |T(c)| of each target's token set present in each prompt."""
+    return torch.tensor(
+        [[len(p & c) / max(len(c), 1) for c in target_ids] for p in prompt_ids], dtype=torch.float32
+    )
+
+
+# ---- the inference gate -------------------------------------------------------------------------------
+
+
+@register_hook_kind("spm_gate")
+class SPMGate(InferenceHook):
+    """Facilitated transport: sets ``gamma`` [B] before every UNet call, one value per batch row.
+
+    Attached at the UNet (``target`` = "unet"). Two hooks:
+
+    * a forward hook on the pipeline's ``text_encoder`` (found in ``modules``) records, for each
+      prompt it encodes, its output rows and its token ids (the last few calls are kept);
+    * a forward pre-hook on the UNet reads ``encoder_hidden_states`` and computes γ per row: the cosine
+      part from the embedding itself; the token part by finding the row among the recorded text-encoder
+      outputs (exact equality; this is how both diffusers' pipeline and erasekit's backend build the
+      UNet batch, CFG's unconditional rows included). A row that was not produced by a recorded call
+      (e.g. ``prompt_embeds`` passed by the caller, or a CLIP-skip layer) gets the cosine part only.
+
+    Tensors: ``target_embeddings`` [T, L, D], ``target_token_ids`` [T, L] (special ids listed in
+    config ``special_token_ids`` are ignored). Config ``mode``: "facilitated" or "always" (γ = 1).
+    """
+
+    _KEEP_CALLS = 8
+
+    def attach(self) -> list:
+        self.gamma = torch.ones(1)
+        self._recorded: list[tuple[torch.Tensor, torch.Tensor]] = []
+        special = set(self.config.get("special_token_ids", []))
+        self._target_tokens = [
+            set(row.tolist()) - special for row in self.tensors["target_token_ids"].to(torch.int64)
+        ]
+        self._special = special
+        handles = [self.module.register_forward_pre_hook(self._before_unet, with_kwargs=True)]
+        text_encoder = self.modules.get("text_encoder")
+        if text_encoder is not None:
+            handles.append(text_encoder.register_forward_hook(self._record, with_kwargs=True))
+        return handles
+
+    def _record(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        hidden = (
+            output[0] if isinstance(output, (tuple, list)) else getattr(output, "last_hidden_state", None)
+        )
+        if ids is None or hidden is None or ids.shape[0] != hidden.shape[0]:
+            return
+        self._recorded.append((hidden.detach(), ids.detach().to("cpu")))
+        del self._recorded[: -self._KEEP_CALLS]
+
+    def _prompt_tokens(self, states: torch.Tensor) -> list[set[int]]:
+        tokens: list[set[int]] = [set() for _ in range(states.shape[0])]
+        found = [False] * states.shape[0]
+        for hidden, ids in reversed(self._recorded):
+            if hidden.shape[1:] != states.shape[1:]:
+                continue
+            same = (states[:, None] == hidden[None].to(states)).flatten(2).all(-1)  # [B, n]
+            for row, col in zip(*torch.nonzero(same, as_tuple=True)):
+                if not found[row]:
+                    tokens[row] = set(ids[col].tolist()) - self._special
+                    found[row] = True
+        return tokens
+
+    def _before_unet(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        if states is None:
+            raise RuntimeError("SPM gate: the UNet was called without encoder_hidden_states")
+        if self.config.get("mode", "facilitated") == "always":
+            self.gamma = torch.ones(states.shape[0], device=states.device)
+            return
+        with torch.no_grad():
+            share = token_share(self._prompt_tokens(states), self._target_tokens)
+            self.gamma = transport_gamma(states, self.tensors["target_embeddings"], share).to(states.device)
+
+
+# ---- the method -------------------------------------------------------------------------------------
+
+
+class SPM:
+    """SPM (Lyu et al., CVPR 2024): rank-1 membranes trained with the ESD target + latent anchoring."""
+
+    name: ClassVar[str] = "spm"
+    paper: ClassVar[str] = (
+        "Lyu et al., One-Dimensional Adapter to Rule Them All, CVPR 2024 (arXiv 2312.16145)"
+    )
+    config_cls: ClassVar[type] = SPMConfig
+    smoke_overrides: ClassVar[tuple[str, ...]] = ("iterations=2", "ddim_steps=3", "anchors_per_step=2")
+
+    def erase(self, backend, concepts: ConceptSpec, config: SPMConfig) -> Artifact:
+        seed = int(torch.initial_seed()) % (2**31)
+        generator = torch.Generator().manual_seed(seed)
+        chooser = random.Random(seed)
+        modules = backend.modules_for(config.target)
+        scale = config.alpha / config.rank
+
+        with torch.no_grad():
+            uncond = backend.encode_prompts([""])
+            pairs = []  # (prompt embeddings [P, L, D], neutral embeddings [P, L, D]) per target
+            for target in concepts.targets:
+                prompts = concepts.prompts(target.text) if config.use_templates else [target.text]
+                neutral_word = target.anchor
+                neutrals = (
+                    [p.replace(target.text, neutral_word) for p in prompts]
+                    if neutral_word
+                    else [""] * len(prompts)
+                )
+                pairs.append((backend.encode_prompts(prompts), backend.encode_prompts(neutrals)))
+            gate_embeddings = backend.encode_prompts(concepts.erase_texts)
+            gate_ids = backend.token_ids(concepts.erase_texts)
+
+        membranes = Membranes(modules, config.rank, scale, generator)
+        optimizer = torch.optim.Adam(membranes.parameters(), lr=config.lr)
+        timesteps = backend.sampling_timesteps(config.ddim_steps)
+        latent_shape = backend.latent_shape()
+        losses = []
+        try:
+            for _step in range(config.iterations):
+                prompts, neutrals = pairs[chooser.randrange(len(pairs))]
+                i = chooser.randrange(prompts.shape[0])
+                cond, neutral = prompts[i : i + 1], neutrals[i : i + 1]
+                stop = chooser.randrange(1, config.ddim_steps)
+                noise = torch.randn((1, *latent_shape), generator=generator).to(backend.device, backend.dtype)
+                with torch.no_grad(), membranes.on():
+                    x_t = backend.denoise(
+                        noise,
+                        cond,
+                        uncond,
+                        steps=config.ddim_steps,
+                        guidance=config.trajectory_guidance,
+                        stop=stop,
+                    )
+                t = timesteps[stop]
+                anchors = (
+                    sample_anchors(cond[0], config.anchors_per_step, generator)
+                    if config.anchors_per_step
+                    else cond[:0]
+                )
+                n_anchor = anchors.shape[0]
+                with torch.no_grad(), membranes.off():
+                    teacher = backend.predict_noise(
+                        x_t.repeat(2 + n_anchor, 1, 1, 1), t, torch.cat([cond, neutral, anchors])
+                    )
+                eps_positive, eps_neutral, eps_anchor_original = teacher[:1], teacher[1:2], teacher[2:]
+                with membranes.on():
+                    student = backend.predict_noise(
+                        x_t.repeat(1 + n_anchor, 1, 1, 1), t, torch.cat([cond, anchors])
+                    )
+                loss = nn.functional.mse_loss(student[:1], esd_target(eps_positive, eps_neutral, config.eta))
+                if n_anchor:
+                    loss = loss + config.anchor_weight * nn.functional.mse_loss(
+                        student[1:], eps_anchor_original
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(membranes.parameters(), config.max_grad_norm)
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        finally:
+            membranes.remove()
+
+        artifact = Artifact(method=self.name)
+        for name in modules:
+            artifact.add_adapter(name, membranes.down[name], membranes.up[name], scale)
+        tokenizer = getattr(backend, "tokenizer", None)
+        special = sorted(
+            {int(i) for i in (getattr(tokenizer, "all_special_ids", None) or []) if i is not None}
+            | {int(gate_ids[0, 0]), int(gate_ids[0, -1])}
+        )
+        artifact.add_hook(
+            "spm_gate",
+            "unet",
+            {"target_embeddings": gate_embeddings, "target_token_ids": gate_ids.to(torch.int64)},
+            {"mode": config.gate, "special_token_ids": special, "concepts": concepts.erase_texts},
+            gate=True,
+        )
+        tail = losses[-min(20, len(losses)) :]
+        artifact.manifest["training"] = {"final_loss": sum(tail) / len(tail), "first_loss": losses[0]}
+        return artifact

@@ -1,0 +1,125 @@
+"""ItD: the SAE, feature selection, the zero-shot gate, bit-exact pass-through, concept unions."""
+
+from __future__ import annotations
+
+import torch
+
+from erasekit.artifacts import apply, revert
+from erasekit.concepts import ConceptSpec
+from erasekit.config import build_config
+from erasekit.methods import run_method
+from erasekit.methods.itd import ItD, ItDConfig, calibrate_threshold, train_sae
+
+UNRELATED = ["a photo of a dog", "a red circle", "a green square on a plain background", ""]
+
+
+def _erase(backend, tmp_path, concepts=("star",), overrides=()):
+    overrides = [*ItD.smoke_overrides, "threshold=min_target", f"cache_dir={tmp_path}", *overrides]
+    config = build_config(ItD.config_cls, None, overrides)
+    return run_method(ItD(), backend, ConceptSpec.from_lists(list(concepts)), config, seed=0)
+
+
+def _encode(backend, prompts):
+    with torch.no_grad():
+        return backend.encode_prompts(prompts)
+
+
+def test_topk_sae_learns_a_sparse_dictionary_with_unit_norm_decoder():
+    generator = torch.Generator().manual_seed(0)
+    atoms = torch.nn.functional.normalize(torch.randn(32, 16, generator=generator), dim=1)
+    codes = torch.rand(4000, 32, generator=generator) * (torch.rand(4000, 32, generator=generator) < 0.08)
+    data = codes @ atoms
+    config = ItDConfig(sae_steps=300, sae_batch=256, sae_lr=3e-3)
+    sae, stats = train_sae(data, 64, 4, config, torch.Generator().manual_seed(1))
+    assert torch.allclose(sae.W_dec.norm(dim=0), torch.ones(64), atol=1e-5)
+    assert stats["fraction_variance_unexplained"] < 0.35
+    assert int((sae.encode(data[:10]) > 0).sum(-1).max()) <= 4
+
+
+def _live_hook(backend):
+    from erasekit.methods.itd import ItDHook
+
+    for module in backend.named_modules().values():
+        for hook in module._forward_hooks.values():
+            owner = getattr(hook, "__self__", None)
+            if isinstance(owner, ItDHook):
+                return owner
+    raise AssertionError("no ItD hook attached")
+
+
+def test_unrelated_prompts_bit_equal_and_target_prompts_changed(tiny_backend, tmp_path):
+    artifact = _erase(tiny_backend, tmp_path)
+    targets = ConceptSpec.from_lists(["star"]).prompts("star")
+    base_targets, base_unrelated = _encode(tiny_backend, targets), _encode(tiny_backend, UNRELATED)
+    assert artifact.manifest["training"]["target_gated"] == 1.0  # min_target gates every calibration prompt
+    tau = artifact.manifest["hooks"][0]["config"]["threshold"]
+    apply(artifact, tiny_backend)
+    try:
+        after_targets = _encode(tiny_backend, targets)
+        after_unrelated = _encode(tiny_backend, UNRELATED)
+        scores = _live_hook(tiny_backend).last_scores
+        # in a mixed batch too: rows are gated independently
+        mixed = _encode(tiny_backend, [targets[1], UNRELATED[0]])
+    finally:
+        revert(tiny_backend)
+    assert all(not torch.equal(a, b) for a, b in zip(after_targets, base_targets))
+    # the random tiny encoder has no semantics, so which unrelated prompt scores low is arbitrary;
+    # the property: every prompt at or under τ passes bit-exactly, every one above is edited
+    for after, before, score in zip(after_unrelated, base_unrelated, scores):
+        assert torch.equal(after, before) == bool(score <= tau)
+    assert any(bool(s <= tau) for s in scores)
+    assert torch.equal(mixed[0], after_targets[1]) and torch.equal(mixed[1], after_unrelated[0])
+    assert torch.equal(_encode(tiny_backend, UNRELATED), base_unrelated)
+
+
+def test_gate_threshold_decides_and_reconstruction_error_is_kept(tiny_backend, tmp_path):
+    artifact = _erase(tiny_backend, tmp_path)
+    prompts = ["a star", "a photo of a dog"]
+    base = _encode(tiny_backend, prompts)
+    config = artifact.manifest["hooks"][0]["config"]
+    for threshold, expect_changed in ((float("inf"), False), (-1.0, True)):
+        config["threshold"] = threshold
+        apply(artifact, tiny_backend)
+        try:
+            out = _encode(tiny_backend, prompts)
+        finally:
+            revert(tiny_backend)
+        assert (not torch.equal(out[0], base[0])) == expect_changed
+    # λ = 1 leaves the codes as they are: with the error term added back, gated prompts are unchanged
+    config["threshold"], config["feature_scale"] = -1.0, 1.0
+    apply(artifact, tiny_backend)
+    try:
+        assert torch.equal(_encode(tiny_backend, prompts), base)
+    finally:
+        revert(tiny_backend)
+
+
+def test_threshold_between_distributions_is_below_the_public_minimum():
+    target = torch.tensor([5.0, 6.0, 9.0])
+    retain = torch.tensor([0.0, 0.5, 1.0])
+    between = calibrate_threshold(target, retain, ItDConfig(threshold="between", threshold_position=0.25))
+    public = calibrate_threshold(target, retain, ItDConfig(threshold="min_target"))
+    assert between == 1.0 + 0.25 * 4.0
+    assert 1.0 < between < public < 5.0
+    # overlapping distributions: the fewest-errors threshold; ties go to the lower one (recall first)
+    overlap = calibrate_threshold(torch.tensor([1.5, 3.0, 4.0]), torch.tensor([0.0, 2.0, 1.0]), ItDConfig())
+    assert overlap == 1.0
+
+
+def test_multi_concept_is_the_union_of_feature_sets_and_the_sae_is_cached(tiny_backend, tmp_path):
+    star = _erase(tiny_backend, tmp_path, ["star"])
+    red = _erase(tiny_backend, tmp_path, ["red"])
+    both = _erase(tiny_backend, tmp_path, ["star", "red"])
+    assert not star.manifest["training"]["sae"]["cached"]
+    assert red.manifest["training"]["sae"]["cached"] and both.manifest["training"]["sae"]["cached"]
+    assert torch.equal(star.tensors["hooks/0/W_dec"], both.tensors["hooks/0/W_dec"])
+    # the artifact edits the union of the per-concept feature sets
+    single = set(star.manifest["training"]["features"]["star"]) | set(
+        red.manifest["training"]["features"]["red"]
+    )
+    union = set(both.manifest["training"]["features"]["star"]) | set(
+        both.manifest["training"]["features"]["red"]
+    )
+    assert {int(i) for i in both.tensors["hooks/0/features"]} == {int(i) for i in union}
+    assert len(union) >= max(len(star.manifest["training"]["features"]["star"]), 1)
+    assert single  # both concepts found features
