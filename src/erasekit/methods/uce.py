@@ -13,7 +13,8 @@ inverse exist. Because every target is W_old times an embedding, eq. 7 factorise
     W* = W_old (I + K),   K = η_e (A − C_E)ᵀ C_E M⁻¹,   M = η_e C_Eᵀ C_E + η_p C_Pᵀ C_P + λ I
 
 (rows of C_E, A, C_P: erase, anchor and preserve embeddings). K depends only on the text embeddings,
-so one d×d solve serves every K/V projection of the UNet; the artifact stores ΔW = W_old K.
+so one d×d solve serves every K/V projection of the UNet, and K has rank ≤ n_e (the number of erase
+vectors), so the artifact's ΔW = W_old K is computed as (W_old (A − C_E)ᵀ)(η_e C_E M⁻¹).
 
 Which token embeddings: the UNet reads the whole padded context, and a causal text encoder spreads a
 concept over its own token, the end-of-text token and the padding after it. ``tokens="all"`` (the
@@ -69,10 +70,13 @@ class UCEConfig:
 
 
 # ---- the math (torch only) --------------------------------------------------------------------------
-def uce_right_factor(
+def uce_edit_factors(
     erase: torch.Tensor, anchor: torch.Tensor, preserve: torch.Tensor, config: UCEConfig
-) -> torch.Tensor:
-    """K with W* = W_old (I + K) — eq. 7 for targets v_i* = W_old a_i.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, V) with K = U V, so that eq. 7 reads W* = W_old (I + U V) for targets v_i* = W_old a_i.
+
+    U = (A − C_E)ᵀ and V = η_e C_E M⁻¹ have rank ≤ n_e, so ΔW = (W_old U) V costs 2·out·d·n_e flops per
+    projection instead of out·d² for W_old K (a 30× saving on SD-1.4's 768-dim context).
 
     Args:
         erase: C_E, [n_e, d] embeddings c_i to move.
@@ -81,7 +85,7 @@ def uce_right_factor(
         config: scales η_e, η_p and λ.
 
     Returns:
-        K, [d, d] in float64.
+        U [d, n_e] and V [n_e, d], float64.
     """
     c_e, a, c_p = (x.to(torch.float64) for x in (erase, anchor, preserve))
     d = c_e.shape[1]
@@ -92,7 +96,15 @@ def uce_right_factor(
     )  # M: the matrix inverted in eq. 7 (symmetric positive definite because λ > 0)
     # C_E M⁻¹ = (M⁻¹ C_Eᵀ)ᵀ since M is symmetric; a solve is more accurate than an explicit inverse.
     c_e_m_inv = torch.linalg.solve(m, c_e.T).T
-    return config.erase_scale * (a - c_e).T @ c_e_m_inv
+    return (a - c_e).T, config.erase_scale * c_e_m_inv
+
+
+def uce_right_factor(
+    erase: torch.Tensor, anchor: torch.Tensor, preserve: torch.Tensor, config: UCEConfig
+) -> torch.Tensor:
+    """K = η_e (A − C_E)ᵀ C_E M⁻¹ with W* = W_old (I + K) — eq. 7 in closed form, [d, d] float64."""
+    u, v = uce_edit_factors(erase, anchor, preserve, config)
+    return u @ v
 
 
 def token_positions(ids: torch.Tensor, end_token: int, mode: str) -> list[int]:
@@ -169,15 +181,15 @@ class UCE:
 
     def erase(self, backend: Any, concepts: ConceptSpec, config: UCEConfig) -> Artifact:
         erase, anchor, preserve = collect_embeddings(backend, concepts, config)
-        k = uce_right_factor(erase, anchor, preserve, config)  # W* = W_old (I + K)
+        u, v = uce_edit_factors(erase, anchor, preserve, config)  # W* = W_old (I + U V)
         artifact = Artifact(self.name)
         for name, weight in backend.parameters_for(TARGET).items():
-            if weight.shape[1] != k.shape[0]:
+            if weight.shape[1] != u.shape[0]:
                 raise ErasekitError(
-                    f"{name} reads {weight.shape[1]}-dim context but the text encoder gives {k.shape[0]}; UCE needs matching sizes."
+                    f"{name} reads {weight.shape[1]}-dim context but the text encoder gives {u.shape[0]}; UCE needs matching sizes."
                 )
             w_old = weight.detach().to("cpu", torch.float64)
-            artifact.add_weight(name, (w_old @ k).to(weight.dtype), mode="delta")  # ΔW = W* − W_old
+            artifact.add_weight(name, ((w_old @ u) @ v).to(weight.dtype), mode="delta")  # ΔW = W* − W_old
         artifact.manifest["edit"] = {
             "target": TARGET,
             "erase_vectors": int(erase.shape[0]),
