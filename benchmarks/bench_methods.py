@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         concept, anchor = item.split("=", 1)
         anchors[concept.strip()] = anchor.strip()
     backend = load_backend(args.model)
+    if backend.text_encoder.dtype != backend.unet.dtype:
+        # A float16-stored text encoder may load as float16 next to a float32 UNet; compute in float32.
+        backend.text_encoder.to(backend.unet.dtype)
+        backend.vae.to(backend.unet.dtype)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for method_name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         method = get_method(method_name)

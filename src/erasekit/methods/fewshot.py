@@ -28,8 +28,8 @@ Three things the public code lacks are added here:
   horizontal flip, random crops rescaled to full size); every step draws one view per image.
 
 Zero-shot (no images): ``zero_shot=generate`` samples the images from the model itself with the
-concept's prompts; ``zero_shot=error`` raises. On ShapesWorld (backend name ``shapes``) the world's
-renderer supplies real images of the concept when none are given.
+concept's prompts; ``zero_shot=error`` raises. On ShapesWorld (backend name ``shapes``, or a folder with
+the ShapesWorld manifest) the world's renderer supplies real images of the concept when none are given.
 
 The artifact holds delta tensors of the changed text-encoder parameters; the UNet is untouched.
 """
@@ -145,6 +145,17 @@ def render_world_images(concept: str, n: int, size: int, generator: torch.Genera
     return render(shapes, colors, styles, size=size, generator=generator)
 
 
+def is_shapesworld(backend: Any) -> bool:
+    """The backend is a ShapesWorld model: named ``shapes``, or loaded from a folder with its manifest."""
+    name = str(getattr(backend, "name", ""))
+    if name == "shapes":
+        return True
+    from erasekit.world.model import MANIFEST_NAME
+
+    manifest = Path(name) / MANIFEST_NAME
+    return manifest.is_file() and "ShapesWorld" in manifest.read_text(errors="ignore")[:4096]
+
+
 def augmented_views(
     images: torch.Tensor, views: int, mode: str, crop_scale: float, generator: torch.Generator
 ) -> torch.Tensor:
@@ -238,7 +249,7 @@ class FewShot:
                     f"Several concepts but no subfolder {sub.name!r} in {folder}; give one subfolder of images per concept."
                 )
             images = load_images(folder, config.num_images, size)
-        elif getattr(backend, "name", None) == "shapes":
+        elif is_shapesworld(backend):
             images, source = render_world_images(concept, config.num_images, size, generator), "shapesworld"
         elif config.zero_shot == "error":
             raise ErasekitError(
