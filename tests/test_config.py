@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import FrozenInstanceError, dataclass
+from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from erasekit.config import build_config, config_to_dict, describe_config
 from erasekit.errors import ErasekitError
+from erasekit.methods import available_methods, get_method
 
 
 @dataclass(frozen=True)
@@ -160,3 +163,22 @@ def test_config_is_frozen_and_serialisable():
         config.steps = 3  # type: ignore[misc]
     assert config_to_dict(config)["targets"] == ["a", "b"]
     assert json.loads(json.dumps(config_to_dict(config)))["variant"] == "x"
+
+
+# ---- shipped example configs ----------------------------------------------------------------------------
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_config_builds_with_its_method(path):
+    """examples/configs/<method>.json names only real fields, with valid values, of <method>'s config."""
+    config_cls = get_method(path.stem).config_cls
+    config = build_config(config_cls, path)
+    assert set(json.loads(path.read_text())) <= {f.name for f in dataclasses.fields(config_cls)}
+    assert isinstance(config, config_cls)
+
+
+def test_every_method_has_an_example_config():
+    """Adding a method means adding examples/configs/<name>.json (see README, "Adding a method")."""
+    assert {"uce", "esd"} <= {p.stem for p in EXAMPLES}
+    assert set(available_methods()) <= {p.stem for p in EXAMPLES}
