@@ -1,6 +1,10 @@
 """All but One: surgical concept erasing with model preservation (Hong, Lee & Woo, AAAI 2024, arXiv 2312.12807).
 
 No public code exists; this is erasekit's reading of the paper's idea, with every choice written down.
+Only the paper's abstract and Figure 1 were reachable from this workplace's stored copies, so the
+objective below is derived from the method as the abstract and the issue state it (guidance term
+rewritten towards a user-chosen alternative or removed, unconditional score held fixed, other
+concepts kept); the weights, the parameter set and the schedule are ours, not the paper's.
 
 **The decomposition.** With classifier-free guidance a text-to-image model samples with
 
