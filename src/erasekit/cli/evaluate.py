@@ -1,0 +1,232 @@
+"""``erasekit evaluate``: the ShapesWorld protocol (UA / IRA / CRA / FID vs. the base), or a prompt file.
+
+Cheap checks (suite, concept, prompt file, artifact files) run before the model loads, so a typo
+costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from erasekit.cli.app import app, emit, user_errors
+from erasekit.errors import ErasekitError
+
+SUITES = ("shapesworld",)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[str, typer.Option("--model", help="`shapes`, `tiny` or a diffusers folder.")],
+    artifact: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--artifact", help="Erasure artifact to apply (repeatable; stacked in order).", show_default=False
+        ),
+    ] = None,
+    suite: Annotated[str, typer.Option("--suite", help="Evaluation suite: shapesworld.")] = "shapesworld",
+    erased: Annotated[
+        str | None,
+        typer.Option(
+            "--erased", help="The erased ShapesWorld concept (star, red, striped …).", show_default=False
+        ),
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts",
+            help='Score this JSONL prompt file instead ({"prompt", "seed", "labels": {"shape", "color", "style"}} rows).',
+            show_default=False,
+        ),
+    ] = None,
+    rows: Annotated[
+        Path | None,
+        typer.Option(
+            "--rows", help="With --prompts: write per-row predictions (JSONL) here.", show_default=False
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Run folder: images/, manifest.jsonl, predictions.jsonl, results.json, base/. Reruns resume.",
+            show_default=False,
+        ),
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="The full prompt grid (every combination; slow).")
+    ] = False,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Sampling steps (default: the model's).", show_default=False)
+    ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option("--guidance", help="Guidance scale (default: the model's).", show_default=False),
+    ] = None,
+    seeds_per_prompt: Annotated[int, typer.Option("--seeds-per-prompt", help="Images per grid prompt.")] = 2,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Generation batch (keep it when resuming a run).")
+    ] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="First seed of the prompt grid.")] = 0,
+    judge_path: Annotated[
+        Path | None, typer.Option("--judge", help="Judge folder (default: the shipped ShapesWorld judge).")
+    ] = None,
+    no_cache: Annotated[
+        bool,
+        typer.Option("--no-cache", help="Regenerate the base model's images instead of using the cache."),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply artifacts made from other base weights.")
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1 ...")] = "cpu",
+    processes: Annotated[
+        int,
+        typer.Option("--processes", help="Shard generation over N local processes (identical results; docs/scaling.md)."),
+    ] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+) -> None:
+    """Measure an erasure on ShapesWorld: UA, synonym UA, IRA, CRA and FID, each beside the base model's."""
+    from erasekit.artifacts import Artifact
+
+    if suite not in SUITES:
+        raise ErasekitError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
+    if steps is not None and steps < 1:
+        raise ErasekitError(f"--steps must be at least 1; got {steps}")
+    if seeds_per_prompt < 1 or batch_size < 1:
+        raise ErasekitError("--seeds-per-prompt and --batch-size must be at least 1")
+    if rows is not None and prompts is None:
+        raise ErasekitError("--rows writes per-row predictions of --prompts; pass --prompts FILE.jsonl too")
+    for path in artifact or []:
+        _load_artifact(path, Artifact)  # a missing or corrupt file fails before the model loads
+    artifacts = [str(path) for path in artifact or []]
+
+    if prompts is not None:
+        from erasekit.evaluation.shapesworld import read_prompt_file
+
+        read_prompt_file(prompts)  # malformed rows fail before the model loads
+        judge = _judge(judge_path)
+        result = _score_prompts(
+            model, artifacts, prompts, rows, out, steps, guidance, batch_size, judge, force, device
+        )
+        emit(result, as_json, _human_prompts)
+        return
+
+    if erased is None:
+        raise ErasekitError(
+            "pass --erased CONCEPT (the concept the artifacts erase), or --prompts FILE.jsonl"
+        )
+    from erasekit.world.concepts import domain_of
+
+    domain_of(erased)
+    from erasekit.evaluation import distributed
+
+    if processes > 1 and distributed.launched_world_size() == 1:
+        raise typer.Exit(code=distributed.relaunch(processes))  # N workers run this command again
+    judge = _judge(judge_path)
+    from erasekit.evaluation.shapesworld import evaluate_shapesworld
+
+    if distributed.launched_world_size() > 1:  # under accelerate launch / --processes
+        result = distributed.run_sharded(
+            lambda backend, generate: evaluate_shapesworld(
+                backend, artifacts, erased, out_dir=out, steps=steps, guidance=guidance,
+                seeds_per_prompt=seeds_per_prompt, full=full, batch_size=batch_size, seed=seed, judge=judge,
+                use_cache=not no_cache, force=force, generate=generate,
+            ),
+            model=model, artifacts=artifacts, force=force, device=device,
+        )
+        if result is not None:  # the main process reports; the others stay quiet
+            emit(result, as_json, human_table)
+        return
+
+    result = evaluate_shapesworld(
+        model,
+        artifacts,
+        erased,
+        out_dir=out,
+        steps=steps,
+        guidance=guidance,
+        seeds_per_prompt=seeds_per_prompt,
+        full=full,
+        batch_size=batch_size,
+        seed=seed,
+        judge=judge,
+        use_cache=not no_cache,
+        force=force,
+        device=device,
+    )
+    emit(result, as_json, human_table)
+
+
+def _load_artifact(path: Path, artifact_cls: Any) -> Any:
+    try:
+        return artifact_cls.load(path)
+    except ErasekitError as error:
+        raise ErasekitError(f"--artifact {path}: {error}") from None
+
+
+def _judge(path: Path | None) -> Any:
+    from erasekit.world.judge import load_judge
+
+    return load_judge(path)
+
+
+def _score_prompts(model, artifacts, prompts, rows, out, steps, guidance, batch_size, judge, force, device):
+    from erasekit.evaluation.shapesworld import score_prompt_file
+
+    result = score_prompt_file(
+        model,
+        artifacts,
+        prompts,
+        rows_out=rows,
+        out_dir=out,
+        steps=steps,
+        guidance=guidance,
+        batch_size=batch_size,
+        judge=judge,
+        force=force,
+        device=device,
+    )
+    if out is not None:
+        from erasekit.evaluation.generate import _atomic_write_bytes
+
+        _atomic_write_bytes(Path(out) / "results.json", (json.dumps(result, indent=2) + "\n").encode())
+    return result
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def human_table(result: dict) -> str:
+    """The protocol's numbers as a small text table (erased, base, ratio)."""
+    base, ratios = result.get("base", {}), result.get("ratios", {})
+    names = "+".join(a["method"] for a in result.get("artifacts", [])) or "(no artifact)"
+    lines = [
+        f"ShapesWorld: erasing {result['erased']} ({result['domain']}) with {names} on {result['model']}",
+        f"{'metric':<12}{'erased':>9}{'base':>9}{'ratio':>8}",
+    ]
+    labels = {"ua": "UA", "synonym_ua": "synonym UA", "ira": "IRA", "cra": "CRA", "fid": "FID"}
+    for key, label in labels.items():
+        digits = 2 if key == "fid" else 3
+        row = f"{label:<12}{_fmt(result.get(key), digits):>9}{_fmt(base.get(key), digits):>9}"
+        lines.append(row + f"{_fmt(ratios.get(key), 2):>8}")
+    cached = " (base cached)" if base.get("cached") else ""
+    n = result.get("n", {})
+    lines.append(
+        f"{sum(n.values()) if n else '?'} images per model; {result['wall_seconds']:.1f} s wall{cached}"
+        + (f"; run folder {result['out_dir']}" if result.get("out_dir") else "")
+    )
+    for name, record in (result.get("attacks") or {}).items():
+        if isinstance(record, dict) and "asr" in record:
+            lines.append(f"attack {name}: ASR {_fmt(record['asr'])}")
+    return "\n".join(lines)
+
+
+def _human_prompts(result: dict) -> str:
+    parts = [f"{d} {acc:.3f} ({result['counts'][d]} rows)" for d, acc in result["accuracy"].items()]
+    accuracy = "; ".join(parts) or "no labelled rows"
+    return f"{result['n']} prompts scored in {result['seconds']:.1f} s — accuracy: {accuracy}"

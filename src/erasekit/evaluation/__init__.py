@@ -1,0 +1,17 @@
+"""Evaluation: seeded resumable generation with a manifest, metrics, and the ShapesWorld protocol."""
+
+from erasekit.evaluation.generate import generate_rows, load_images, merge_manifests, read_manifest
+from erasekit.evaluation.metrics import frechet_distance, protocol_metrics
+from erasekit.evaluation.shapesworld import build_grid, evaluate_shapesworld, score_prompt_file
+
+__all__ = [
+    "build_grid",
+    "evaluate_shapesworld",
+    "frechet_distance",
+    "generate_rows",
+    "load_images",
+    "merge_manifests",
+    "protocol_metrics",
+    "read_manifest",
+    "score_prompt_file",
+]
