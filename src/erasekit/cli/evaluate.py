@@ -85,7 +85,10 @@ def evaluate(
     device: Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1 ...")] = "cpu",
     processes: Annotated[
         int,
-        typer.Option("--processes", help="Shard generation over N local processes (identical results; docs/scaling.md)."),
+        typer.Option(
+            "--processes",
+            help="Shard generation over N local processes (identical results; docs/scaling.md).",
+        ),
     ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
@@ -132,11 +135,25 @@ def evaluate(
     if distributed.launched_world_size() > 1:  # under accelerate launch / --processes
         result = distributed.run_sharded(
             lambda backend, generate: evaluate_shapesworld(
-                backend, artifacts, erased, out_dir=out, steps=steps, guidance=guidance,
-                seeds_per_prompt=seeds_per_prompt, full=full, batch_size=batch_size, seed=seed, judge=judge,
-                use_cache=not no_cache, force=force, generate=generate,
+                backend,
+                artifacts,
+                erased,
+                out_dir=out,
+                steps=steps,
+                guidance=guidance,
+                seeds_per_prompt=seeds_per_prompt,
+                full=full,
+                batch_size=batch_size,
+                seed=seed,
+                judge=judge,
+                use_cache=not no_cache,
+                force=force,
+                generate=generate,
             ),
-            model=model, artifacts=artifacts, force=force, device=device,
+            model=model,
+            artifacts=artifacts,
+            force=force,
+            device=device,
         )
         if result is not None:  # the main process reports; the others stay quiet
             emit(result, as_json, human_table)

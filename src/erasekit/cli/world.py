@@ -33,17 +33,24 @@ def judge_train(
     seed: Annotated[int, typer.Option("--seed", help="Seeds init, render pool and augmentations.")] = 0,
     steps: Annotated[int | None, typer.Option("--steps", help="Optimiser steps.", show_default=False)] = None,
     threads: Annotated[int, typer.Option("--threads", help="torch threads (results depend on it).")] = 1,
+    pool: Annotated[
+        int | None, typer.Option("--pool", help="Rendered training images.", show_default=False)
+    ] = None,
+    eval_images: Annotated[
+        int | None,
+        typer.Option("--eval-images", help="Fresh renders for the recorded accuracy.", show_default=False),
+    ] = None,
 ) -> None:
     """Train the ShapesWorld judge on renders (a few CPU minutes) and write judge.safetensors + judge.json."""
+    from erasekit.errors import ErasekitError
     from erasekit.world.judge import JUDGE_DIR, main
 
     argv = ["--out", str(out or JUDGE_DIR), "--seed", str(seed), "--threads", str(threads)]
-    if steps is not None:
-        if steps < 1:
-            from erasekit.errors import ErasekitError
-
-            raise ErasekitError(f"--steps must be at least 1; got {steps}")
-        argv += ["--steps", str(steps)]
+    for flag, value in (("--steps", steps), ("--pool", pool), ("--eval-images", eval_images)):
+        if value is not None:
+            if value < 1:
+                raise ErasekitError(f"{flag} must be at least 1; got {value}")
+            argv += [flag, str(value)]
     raise typer.Exit(code=main(argv))
 
 

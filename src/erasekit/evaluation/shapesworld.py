@@ -173,8 +173,9 @@ def _load_backend(model: Any, device: str = "cpu") -> Any:
 
     backend = load_backend(model, device=device)
     # Weights stored in float16 may load as float16 next to a float32 UNet; compute in the UNet's dtype.
-    backend.text_encoder.to(backend.unet.dtype)
-    backend.vae.to(backend.unet.dtype)
+    for module in (backend.text_encoder, backend.vae):
+        if module.dtype != backend.unet.dtype:
+            module.to(backend.unet.dtype)
     return backend
 
 
@@ -220,7 +221,9 @@ def default_sampling(backend: Any) -> tuple[int, float]:
     return DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_GUIDANCE_SCALE
 
 
-def _run_grid(backend, grid, folder: Path, judge, erased, settings, progress, generate=generate_rows) -> dict[str, Any]:
+def _run_grid(
+    backend, grid, folder: Path, judge, erased, settings, progress, generate=generate_rows
+) -> dict[str, Any]:
     start = time.perf_counter()
     rows = generate(
         backend,
@@ -370,7 +373,9 @@ def evaluate_shapesworld(
         if loaded:
             try:
                 _apply_all(loaded, backend, force)
-                erased_scores = _rounded(_run_grid(backend, grid, run_dir, judge, erased, settings, progress, generate))
+                erased_scores = _rounded(
+                    _run_grid(backend, grid, run_dir, judge, erased, settings, progress, generate)
+                )
             finally:
                 revert(backend)
         else:

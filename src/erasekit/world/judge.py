@@ -377,10 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=JudgeConfig.steps)
     parser.add_argument("--batch", type=int, default=JudgeConfig.batch)
     parser.add_argument("--pool", type=int, default=JudgeConfig.pool)
+    parser.add_argument("--eval-images", type=int, default=JudgeConfig.eval_images)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (results depend on it).")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = JudgeConfig(seed=args.seed, steps=args.steps, batch=args.batch, pool=args.pool)
+    for name in ("steps", "batch", "pool", "eval_images"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    config = JudgeConfig(
+        seed=args.seed, steps=args.steps, batch=args.batch, pool=args.pool, eval_images=args.eval_images
+    )
     judge = train_judge(config)
     judge.info["command"] = "python -m erasekit.world.judge " + " ".join(
         sys.argv[1:] if argv is None else argv
