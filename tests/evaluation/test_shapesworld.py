@@ -263,3 +263,18 @@ def test_bad_prompt_rows_name_the_row(judge, tmp_path, line, match):
 def test_missing_prompt_file(judge, tmp_path):
     with pytest.raises(ErasekitError, match="not found"):
         score_prompt_file(OracleBackend(), [], tmp_path / "nope.jsonl", judge=judge)
+
+
+def test_default_sampling_reads_the_model_manifest(tmp_path):
+    from types import SimpleNamespace
+
+    from erasekit.evaluation.shapesworld import default_sampling
+    from erasekit.world.model import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, MANIFEST_NAME
+
+    (tmp_path / MANIFEST_NAME).write_text(
+        json.dumps({"sampling": {"num_inference_steps": 7, "guidance_scale": 2.5}})
+    )
+    assert default_sampling(SimpleNamespace(name=str(tmp_path))) == (7, 2.5)
+    fallback = (DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_GUIDANCE_SCALE)
+    assert default_sampling(SimpleNamespace(name="tiny")) == fallback
+    assert default_sampling(OracleBackend()) == fallback

@@ -215,10 +215,27 @@ def default_cache_dir() -> Path:
 
 
 def default_sampling(backend: Any) -> tuple[int, float]:
-    """Steps and guidance the shipped model recommends (its manifest), else the world's defaults."""
-    from erasekit.world.model import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS
+    """Steps and guidance the model's training manifest recommends, else the world's defaults.
 
-    return DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_GUIDANCE_SCALE
+    The shipped model (``"shapes"``) and folders trained by ``erasekit world train`` record them under
+    ``"sampling"`` in ``erasekit_manifest.json``.
+    """
+    from erasekit.world.model import (
+        DEFAULT_GUIDANCE_SCALE,
+        DEFAULT_NUM_INFERENCE_STEPS,
+        SHIPPED_MODEL_DIR,
+        read_manifest,
+    )
+
+    name = getattr(backend, "name", None)
+    folder = SHIPPED_MODEL_DIR if name == "shapes" else Path(name) if isinstance(name, str) else None
+    sampling = {}
+    if folder is not None and folder.is_dir():
+        sampling = read_manifest(folder).get("sampling") or {}
+    return (
+        int(sampling.get("num_inference_steps", DEFAULT_NUM_INFERENCE_STEPS)),
+        float(sampling.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)),
+    )
 
 
 def _run_grid(
