@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from erasekit.backends import _quiet  # noqa: F401  (before diffusers: silences 
 
 # isort: split
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
 from torch import nn
 
 from erasekit.backends.base import fingerprint_components, named_modules_of, named_parameters_of
@@ -228,9 +230,18 @@ def _from_folder(path: Path) -> StableDiffusionPipeline:
         raise ErasekitError(
             f"{path} is not a diffusers folder (no model_index.json); pass a pipeline folder or a .safetensors file."
         )
-    return StableDiffusionPipeline.from_pretrained(
-        path, safety_checker=None, requires_safety_checker=False, local_files_only=True
-    )
+    if not sys.stderr.isatty():  # "Loading pipeline components..." only on a terminal
+        diffusers_logging.disable_progress_bar()
+    try:
+        return StableDiffusionPipeline.from_pretrained(
+            path, safety_checker=None, requires_safety_checker=False, local_files_only=True
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        # An incomplete or foreign folder fails deep inside diffusers with any of these.
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise ErasekitError(
+            f"Could not load the diffusers folder {path} ({type(error).__name__}: {reason}); pass a complete Stable Diffusion pipeline folder."
+        ) from error
 
 
 def load_pipeline(model: str, *, allow_pickle: bool = False) -> StableDiffusionPipeline:
@@ -281,10 +292,29 @@ def load_pipeline(model: str, *, allow_pickle: bool = False) -> StableDiffusionP
     )
 
 
+def check_device(device: str) -> None:
+    """Raise a one-line error unless ``device`` names a torch device this machine has."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ErasekitError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps.") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            raise ErasekitError(
+                f"Device {device} is not available (this torch {torch.__version__} sees {count} CUDA devices); use cpu."
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ErasekitError("Device mps is not available on this machine; use cpu.")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ErasekitError(f"Device {device} is not supported; use cpu, cuda, cuda:N or mps.")
+
+
 def load_backend(
     model: str, *, allow_pickle: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> SDBackend:
     """Load a model by name (see :func:`load_pipeline`) and wrap it as a :class:`SDBackend`."""
+    check_device(device)
     pipe = load_pipeline(model, allow_pickle=allow_pickle)
     if pipe.unet.dtype != dtype or str(pipe.unet.device) != device:
         pipe = pipe.to(device=device, dtype=dtype)
