@@ -238,14 +238,27 @@ def test_env_json():
     assert invoke("env").exit_code == 0
 
 
-def test_methods_and_info_do_not_import_diffusers():
+def test_methods_does_not_import_diffusers():
+    """`erasekit methods` through the real entry point (every command module registered) stays light."""
     code = (
-        "import sys, erasekit.cli.info as info, erasekit.cli.erase, erasekit.cli.generate\n"
-        "info.methods_table()\n"
-        "bad = [m for m in ('diffusers', 'transformers') if m in sys.modules]\n"
-        "assert not bad, bad\n"
+        "import sys\n"
+        "from erasekit.cli.main import main\n"
+        "sys.argv = ['erasekit', 'methods', '--json']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "heavy = [m for m in ('diffusers', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, f'erasekit methods imported {heavy}: import them lazily inside commands'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["methods"]
 
 
 # ---- user mistakes: one line, exit 2 ------------------------------------------------------------------
@@ -317,6 +330,28 @@ def test_missing_model(tmp_path, model):
 def test_model_folder_without_model_index(tmp_path):
     result = invoke("erase", METHOD, "--model", tmp_path, "--concept", "star", "--out", tmp_path / "a")
     assert_user_error(result, "model_index.json")
+
+
+@pytest.mark.parametrize(
+    "index",
+    ["{}", '{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}'],
+)
+def test_incomplete_model_folder(tmp_path, index):
+    (tmp_path / "model_index.json").write_text(index)
+    result = invoke("generate", "--model", tmp_path, "--prompt", "x", "--out", tmp_path / "g")
+    assert_user_error(result, "complete stable diffusion pipeline folder")
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "xyz", "meta"])
+def test_unavailable_device(tmp_path, device):
+    result = invoke(
+        "generate", "--model", "tiny", "--device", device, "--prompt", "x", "--out", tmp_path / "g"
+    )
+    assert_user_error(result, device)
+    result = invoke(
+        "erase", METHOD, "--model", "tiny", "--device", device, "--concept", "x", "--out", tmp_path / "a"
+    )
+    assert_user_error(result, device)
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".bin", ".pt"])
