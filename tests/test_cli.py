@@ -173,6 +173,7 @@ def test_generate_with_artifact_writes_pngs_and_manifest(erased, tmp_path):
     rows = read_manifest(out)
     assert [r["seed"] for r in rows] == [5, 6, 7]
     assert report["images"] == [r["file"] for r in rows]
+    assert (report["steps"], report["guidance"]) == (2, 3.0)
     for row in rows:
         assert row["prompt"] == "a star" and row["steps"] == 2 and row["guidance"] == 3.0
         assert row["model"] == "tiny"

@@ -40,8 +40,22 @@ def generate(
     ] = None,
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first image; image i uses seed+i.")] = 0,
-    steps: Annotated[int, typer.Option("--steps", help="DDIM denoising steps.")] = 25,
-    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 5.0,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            help="DDIM denoising steps [default: the model's recommendation, else 25].",
+            show_default=False,
+        ),
+    ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(
+            "--guidance",
+            help="Classifier-free guidance scale [default: the model's recommendation].",
+            show_default=False,
+        ),
+    ] = None,
     negative_prompt: Annotated[
         str, typer.Option("--negative-prompt", help="Prompt for the unconditional branch.")
     ] = "",
@@ -58,7 +72,7 @@ def generate(
 ) -> None:
     """Generate N seeded images of PROMPT, optionally with erasure artifacts applied."""
     for name, value in (("--n", n), ("--steps", steps), ("--batch-size", batch_size)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ErasekitError(f"{name} must be at least 1, not {value}.")
     if seed < 0:
         raise ErasekitError(f"--seed must be non-negative, not {seed}.")
@@ -78,6 +92,12 @@ def generate(
     from erasekit.backends import load_backend
 
     backend = load_backend(model, allow_pickle=allow_pickle, device=device)
+    if steps is None or guidance is None:
+        from erasekit.evaluation.shapesworld import default_sampling
+
+        recommended_steps, recommended_guidance = default_sampling(backend)
+        steps = recommended_steps if steps is None else steps
+        guidance = recommended_guidance if guidance is None else guidance
     for path, loaded in artifacts:
         try:
             apply(loaded, backend, force=force)
@@ -128,6 +148,8 @@ def generate(
         "images": [row["file"] for row in rows],
         "model": model,
         "artifacts": artifact_rows,
+        "steps": steps,
+        "guidance": guidance,
         "seconds": round(seconds, 4),
     }
     emit(summary, as_json, _human)
