@@ -278,3 +278,41 @@ def test_default_sampling_reads_the_model_manifest(tmp_path):
     fallback = (DEFAULT_NUM_INFERENCE_STEPS, DEFAULT_GUIDANCE_SCALE)
     assert default_sampling(SimpleNamespace(name="tiny")) == fallback
     assert default_sampling(OracleBackend()) == fallback
+
+
+class Crash(Exception):
+    pass
+
+
+def test_interrupted_evaluation_resumes_to_the_same_numbers(judge, tmp_path):
+    kwargs = dict(steps=1, guidance=1.0, seeds_per_prompt=1, judge=judge, batch_size=4, progress=False)
+    straight = evaluate_shapesworld(
+        OracleBackend(),
+        [erase_artifact()],
+        "star",
+        out_dir=tmp_path / "a",
+        cache_dir=tmp_path / "ca",
+        **kwargs,
+    )
+    crashing = OracleBackend()
+    original = crashing.sample
+
+    def sample(*args, **kw):
+        if crashing.unet.weight.item() > 0.5 and crashing.calls >= 9:  # midway through the erased run
+            raise Crash
+        return original(*args, **kw)
+
+    crashing.sample = sample
+    with pytest.raises(Crash):
+        evaluate_shapesworld(
+            crashing, [erase_artifact()], "star", out_dir=tmp_path / "b", cache_dir=tmp_path / "cb", **kwargs
+        )
+    assert crashing.unet.weight.item() == 0.0  # reverted despite the crash
+    crashing.sample = original
+    resumed = evaluate_shapesworld(
+        crashing, [erase_artifact()], "star", out_dir=tmp_path / "b", cache_dir=tmp_path / "cb", **kwargs
+    )
+    keys = ("ua", "synonym_ua", "ira", "cra", "fid", "cra_by_domain", "n")
+    assert {k: resumed[k] for k in keys} == {k: straight[k] for k in keys}
+    assert {k: resumed["base"][k] for k in keys} == {k: straight["base"][k] for k in keys}
+    assert (tmp_path / "b" / "manifest.jsonl").read_text().count("\n") == len(straight["grid"])
