@@ -164,3 +164,15 @@ def test_report_errors(tmp_path):
     empty.mkdir()
     page = build_report([empty])
     assert "No images to show" in page and "No UA/retain numbers" in page
+
+
+def test_prompt_file_run_is_named_but_not_in_the_metric_table(tmp_path):
+    folder = tmp_path / "prompts-run"
+    folder.mkdir()
+    (folder / "results.json").write_text(
+        json.dumps({"accuracy": {"shape": 0.5}, "n": 2, "artifacts": ["esd"]})
+    )
+    run = load_run(folder)
+    assert run["name"] == "esd"
+    page = build_report([folder])
+    assert '<td class="name">esd</td>' not in page.split('id="metrics"')[1].split("</table>")[0]

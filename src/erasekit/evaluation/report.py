@@ -113,7 +113,8 @@ def load_run(folder: str | os.PathLike) -> dict[str, Any]:
         notes.append("No base/ images: grids show the erased model only.")
     presets = [p for p in (_read_json(f) for f in sorted(path.glob("preset-*.json"))) if isinstance(p, dict)]
     artifacts = results.get("artifacts") or []
-    methods = [a.get("method", "?") for a in artifacts if isinstance(a, dict)]
+    # The protocol records {"method", ...} per artifact; a prompt-file run records method names.
+    methods = [a.get("method", "?") if isinstance(a, dict) else str(a) for a in artifacts]
     name = "+".join(methods) if methods else ("base" if results else path.name)
     return {
         "folder": path,
@@ -222,7 +223,7 @@ def _metric_table(runs: Sequence[dict]) -> str:
     ]
     for run in runs:
         results = run["results"]
-        if not results:
+        if not any(key in results for key, _, _ in METRICS):
             continue
         base, ratios = results.get("base") or {}, results.get("ratios") or {}
         cells = []
