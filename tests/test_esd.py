@@ -86,7 +86,7 @@ def test_model_restored_when_training_fails(tiny_backend, monkeypatch):
 
     def failing_predict(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 6:  # mid-way through the second iteration, after one optimiser step
+        if calls["n"] == 6:  # ddim_steps=1: a teacher and a student call per iteration; 6 = 3rd student
             raise RuntimeError("boom")
         return predict(*args, **kwargs)
 

@@ -133,11 +133,11 @@ class ESD:
                         start, cond, uncond, steps=config.ddim_steps, guidance=config.start_guidance, stop=k
                     )
                     t = timesteps[k]  # the noise level x_t is at after k DDIM steps
-                    target = esd_target(
-                        original_prediction(x_t, t, uncond),
-                        original_prediction(x_t, t, cond),
-                        config.negative_guidance,
-                    )
+                    # θ*'s unconditional and concept predictions in one batch of two
+                    eps_uncond, eps_concept = original_prediction(
+                        torch.cat([x_t, x_t]), t, torch.cat([uncond, cond])
+                    ).chunk(2)
+                    target = esd_target(eps_uncond, eps_concept, config.negative_guidance)
                 prediction = backend.predict_noise(x_t, t, cond)  # ε_θ(x_t, c, t), with grad
                 loss = nn.functional.mse_loss(prediction.float(), target.float())
                 optimizer.zero_grad(set_to_none=True)
