@@ -28,6 +28,18 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
+@pytest.mark.parametrize("tokens", ["all", "prompt", "last"])
+def test_start_token_is_kept_in_every_mode(tiny_backend, tokens):
+    # The start token's embedding is in every prompt, the unconditional one included: moving its keys
+    # and values would change every prompt's output.
+    spec = ConceptSpec.from_lists(["star"])
+    artifact = run_method(UCE(), tiny_backend, spec, UCEConfig(tokens=tokens, lamb=1e-3), seed=0)
+    with torch.no_grad():
+        start = tiny_backend.encode_prompts([""])[:, 0]
+    for w_old, w_new in _edited_weights(tiny_backend, artifact).values():
+        assert _relative_error(start @ w_new.T, start @ w_old.T) < 1e-2
+
+
 @pytest.mark.parametrize("tokens", ["prompt", "last"])
 def test_erased_concepts_map_onto_anchors_and_preserved_stay(tiny_backend, tokens):
     # Two concepts at once, each with its own anchor, and a preserve set. Few vectors in 32 dims: the
@@ -54,7 +66,7 @@ def test_all_tokens_is_a_least_squares_compromise_that_moves_towards_the_anchor(
     config = UCEConfig()
     artifact = run_method(UCE(), tiny_backend, spec, config, seed=0)
     erase, anchor, preserve = collect_embeddings(tiny_backend, spec, config)
-    assert erase.shape[0] == tiny_backend.token_ids([""]).shape[1] - 1
+    assert erase.shape[0] == tiny_backend.token_ids([""]).shape[1]
     for w_old, w_new in _edited_weights(tiny_backend, artifact).values():
         before = _relative_error(erase @ w_old.T, anchor @ w_old.T)
         after = _relative_error(erase @ w_new.T, anchor @ w_old.T)
@@ -92,14 +104,14 @@ def test_no_anchor_maps_to_the_unconditional_prompt(tiny_backend):
     _erase, anchor, _preserve = collect_embeddings(tiny_backend, spec, config)
     with torch.no_grad():
         empty = tiny_backend.encode_prompts([""])[0]
-    torch.testing.assert_close(anchor, empty[1 : 1 + anchor.shape[0]])
+    torch.testing.assert_close(anchor, empty[: anchor.shape[0]])
 
 
 def test_templates_multiply_the_edited_contexts(tiny_backend):
     spec = ConceptSpec.from_lists(["star"], anchors=["square"], templates=["{}", "a photo of a {}"])
     plain = collect_embeddings(tiny_backend, spec, UCEConfig(tokens="last"))[0]
     templated = collect_embeddings(tiny_backend, spec, UCEConfig(tokens="last", use_templates=True))[0]
-    assert plain.shape[0] == 1 and templated.shape[0] == 2
+    assert plain.shape[0] == 2 and templated.shape[0] == 4  # start token + last word, per context
 
 
 @pytest.mark.parametrize(
@@ -109,3 +121,22 @@ def test_templates_multiply_the_edited_contexts(tiny_backend):
 def test_bad_config_is_a_user_error(override):
     with pytest.raises(ErasekitError):
         build_config(UCEConfig, None, [override])
+
+
+def test_erased_prompt_generates_like_its_anchor(tiny_backend):
+    # tokens=all moves the whole context of "star" onto that of "square": after the edit, sampling
+    # "star" must give (nearly) the images "square" gave with the same seeds, which it did not before.
+    # Guidance 1 samples from the conditional branch alone: the edit also moves the unconditional
+    # prompt (nothing preserves it), which is a different property from the one tested here.
+    def images(prompt: str) -> torch.Tensor:
+        return tiny_backend.sample([prompt] * 2, [3, 4], steps=4, guidance=1.0)
+
+    spec = ConceptSpec.from_lists(["star"], anchors=["square"])
+    artifact = run_method(UCE(), tiny_backend, spec, UCEConfig(lamb=1e-3), seed=0)
+    star, square = images("star"), images("square")
+    apply(artifact, tiny_backend)
+    try:
+        star_erased = images("star")
+    finally:
+        revert(tiny_backend)
+    assert (star_erased - square).abs().mean() < 0.1 * (star - square).abs().mean()

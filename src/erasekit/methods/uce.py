@@ -18,12 +18,14 @@ vectors), so the artifact's ΔW = W_old K is computed as (W_old (A − C_E)ᵀ)(
 
 Which token embeddings: the UNet reads the whole padded context, and a causal text encoder spreads a
 concept over its own token, the end-of-text token and the padding after it. ``tokens="all"`` (the
-default) therefore maps every position but the start token of the concept prompt onto the anchor
-prompt's embedding at the same position, as the code behind the paper's experiments does
-(``train-erasing-closed.py``). ``"prompt"`` keeps to the concept's own tokens and its end token;
-``"last"`` uses only the concept's last word token mapped onto the anchor's (the later reference
-script ``uce_sd_erase.py``; for the empty anchor that is the start token). The start token is the same
-vector in every prompt and carries nothing to erase.
+default) therefore maps every position of the concept prompt onto the anchor prompt's embedding at the
+same position, as the code behind the paper's experiments does (``train-erasing-closed.py``).
+``"prompt"`` keeps to the concept's own tokens and its end token; ``"last"`` uses only the concept's
+last word token mapped onto the anchor's (the later reference script ``uce_sd_erase.py``; for the
+empty anchor that is the start token). Every mode also keeps the start token: it is the same vector in
+every prompt, the unconditional one included, so its row (mapped onto itself) pins its keys and values;
+left out, the edit moves them and with them every prompt's output (the later reference script leaves
+it out). To keep the anchor's own images too, list the anchor under the preserve concepts.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class UCEConfig:
     lamb: float = 0.5
     """λ: regulariser pulling W* towards W_old in unconstrained directions (> 0; reference default 0.5)."""
     tokens: Literal["all", "prompt", "last"] = "all"
-    """Token positions edited: all (every position but the start token, mapped position-wise onto the anchor prompt), prompt (the concept's tokens and end token), last (the concept's last word token onto the anchor's)."""
+    """Token positions edited: all (every position of the padded prompt, mapped position-wise onto the anchor prompt), prompt (the concept's tokens and end token), last (the concept's last word token onto the anchor's); the start token is always kept in place."""
     use_templates: bool = False
     """Also edit each concept inside every prompt template of the concept spec ("a photo of a {}")."""
 
@@ -108,15 +110,18 @@ def uce_right_factor(
 
 
 def token_positions(ids: torch.Tensor, end_token: int, mode: str) -> list[int]:
-    """Positions of one prompt's padded token ids ``ids`` [L] that ``mode`` edits (see module doc)."""
+    """Positions of one prompt's padded token ids ``ids`` [L] that ``mode`` edits (see module doc).
+
+    Position 0, the start token, always comes first: it is the same in every prompt and is kept.
+    """
     length = ids.shape[0]
     is_end = (ids[1:] == end_token).nonzero()
     end = int(is_end[0]) + 1 if len(is_end) else length - 1  # index of the end-of-text token
     if mode == "last":
-        return [max(end - 1, 0)]
+        return [0, max(end - 1, 0)]
     if mode == "prompt":
-        return list(range(1, end + 1))
-    return list(range(1, length))
+        return list(range(0, end + 1))
+    return list(range(0, length))
 
 
 # ---- glue to the backend --------------------------------------------------------------------------
