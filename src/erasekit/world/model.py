@@ -42,23 +42,23 @@ _TINY: dict[str, dict[str, Any]] = {
         "out_channels": 3,
         "down_block_types": ["DownEncoderBlock2D"] * 3,
         "up_block_types": ["UpDecoderBlock2D"] * 3,
-        "block_out_channels": [32, 64, 64],
+        "block_out_channels": [16, 32, 64],
         "layers_per_block": 1,
         "latent_channels": 4,
-        "norm_num_groups": 32,
+        "norm_num_groups": 16,
         "sample_size": 32,
     },
     "unet": {
         "sample_size": 8,
         "in_channels": 4,
         "out_channels": 4,
-        "block_out_channels": [64, 128],
+        "block_out_channels": [32, 64, 64],
         "layers_per_block": 1,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3,
+        "up_block_types": ["CrossAttnUpBlock2D"] * 3,
         "cross_attention_dim": 128,
-        "attention_head_dim": 4,
-        "norm_num_groups": 32,
+        "attention_head_dim": 2,
+        "norm_num_groups": 16,
     },
     "scheduler": {
         "num_train_timesteps": 1000,
@@ -87,7 +87,7 @@ def micro_config() -> dict[str, dict[str, Any]]:
     )
     cfg["vae"].update(block_out_channels=[8, 16, 16], norm_num_groups=8)
     cfg["unet"].update(
-        block_out_channels=[16, 32], cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8
+        block_out_channels=[16, 32, 32], cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8
     )
     return cfg
 
@@ -118,7 +118,7 @@ def make_pipeline(components: dict[str, Any]):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     sched = DDIMScheduler.from_config(
-        components["scheduler"].config, timestep_spacing="trailing", set_alpha_to_one=False
+        components["scheduler"].config, timestep_spacing="trailing", set_alpha_to_one=False, steps_offset=1
     )
     pipe = StableDiffusionPipeline(
         vae=components["vae"],
