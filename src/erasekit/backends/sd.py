@@ -234,7 +234,7 @@ def _from_folder(path: Path) -> StableDiffusionPipeline:
         diffusers_logging.disable_progress_bar()
     try:
         return StableDiffusionPipeline.from_pretrained(
-            path, safety_checker=None, requires_safety_checker=False, local_files_only=True
+            path, safety_checker=None, requires_safety_checker=False, local_files_only=True, torch_dtype=torch.float32
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         # An incomplete or foreign folder fails deep inside diffusers with any of these.
@@ -316,7 +316,9 @@ def load_backend(
     """Load a model by name (see :func:`load_pipeline`) and wrap it as a :class:`SDBackend`."""
     check_device(device)
     pipe = load_pipeline(model, allow_pickle=allow_pickle)
-    if pipe.unet.dtype != dtype or str(pipe.unet.device) != device:
+    # Shipped weights may be stored in float16 (e.g. ShapesWorld's text encoder); compute in ``dtype``.
+    parts = (pipe.unet, pipe.text_encoder, pipe.vae)
+    if any(p.dtype != dtype or str(p.device) != device for p in parts):
         pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return SDBackend(pipe, name=model)
