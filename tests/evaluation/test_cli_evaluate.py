@@ -104,6 +104,7 @@ def test_evaluate_prompt_file_with_rows(tmp_path):
         (["--erased", "star", "--artifact", "/nonexistent/edit"], "not found"),
         (["--erased", "star", "--rows", "x.jsonl"], "--prompts"),
         (["--erased", "star", "--steps", "0"], "--steps"),
+        (["--erased", "star", "--threads", "0"], "--threads"),
         (["--prompts", "/nonexistent.jsonl"], "not found"),
     ],
 )
@@ -161,7 +162,9 @@ def test_demo_on_the_tiny_model(tmp_path):
     assert human.exit_code == 0 and "before/after grid" in human.stdout
 
 
-@pytest.mark.parametrize("args", [["--concept", "hexagon"], ["--concept", "star", "--anchor", "red"]])
+@pytest.mark.parametrize(
+    "args", [["--concept", "hexagon"], ["--concept", "star", "--anchor", "red"], ["--threads", "0"]]
+)
 def test_demo_user_mistakes_exit_2(args, tmp_path):
     result = invoke("demo", "--model", "tiny", "--out", tmp_path, *args)
     assert result.exit_code == 2, result.output

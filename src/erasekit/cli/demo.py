@@ -34,6 +34,14 @@ def demo(
         int | None, typer.Option("--steps", help="Sampling steps (default: the model's).", show_default=False)
     ] = None,
     seeds_per_prompt: Annotated[int, typer.Option("--seeds-per-prompt", help="Images per grid prompt.")] = 2,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="torch CPU threads (default: torch's choice; 1 is fastest on a busy CPU).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
     """Erase CONCEPT from the shipped ShapesWorld model with UCE; write a before/after grid; print UA/IRA/CRA/FID."""
@@ -45,6 +53,12 @@ def demo(
     domain_of(concept)
     if (steps is not None and steps < 1) or seeds_per_prompt < 1:
         raise ErasekitError("--steps and --seeds-per-prompt must be at least 1")
+    if threads is not None:
+        if threads < 1:
+            raise ErasekitError(f"--threads must be at least 1; got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     result = run_demo(
         concept, out, model=model, anchor=anchor, steps=steps, seeds_per_prompt=seeds_per_prompt
     )

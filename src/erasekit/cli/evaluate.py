@@ -90,6 +90,14 @@ def evaluate(
             help="Shard generation over N local processes (identical results; docs/scaling.md).",
         ),
     ] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="torch CPU threads (default: torch's choice; 1 is fastest on a busy CPU).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
     """Measure an erasure on ShapesWorld: UA, synonym UA, IRA, CRA and FID, each beside the base model's."""
@@ -101,6 +109,12 @@ def evaluate(
         raise ErasekitError(f"--steps must be at least 1; got {steps}")
     if seeds_per_prompt < 1 or batch_size < 1:
         raise ErasekitError("--seeds-per-prompt and --batch-size must be at least 1")
+    if threads is not None:
+        if threads < 1:
+            raise ErasekitError(f"--threads must be at least 1; got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     if rows is not None and prompts is None:
         raise ErasekitError("--rows writes per-row predictions of --prompts; pass --prompts FILE.jsonl too")
     for path in artifact or []:
