@@ -21,6 +21,7 @@ from erasekit.backends import _quiet  # noqa: F401  (before diffusers: silences 
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from torch import nn
+from transformers.utils import logging as transformers_logging
 
 from erasekit.backends.base import fingerprint_components, named_modules_of, named_parameters_of
 from erasekit.backends.targets import resolve_parameters
@@ -232,6 +233,7 @@ def _from_folder(path: Path) -> StableDiffusionPipeline:
         )
     if not sys.stderr.isatty():  # "Loading pipeline components..." only on a terminal
         diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()  # transformers 5's "Loading weights" bar
     try:
         return StableDiffusionPipeline.from_pretrained(
             path, safety_checker=None, requires_safety_checker=False, local_files_only=True, dtype=torch.float32
