@@ -322,8 +322,21 @@ def evaluate_shapesworld(
             return); :mod:`erasekit.evaluation.distributed` passes one that shards rows across processes.
 
     Returns:
-        ``{"suite", "erased", "domain", "ua", "synonym_ua", "ira", "cra", "fid", "seconds", …,
-        "base": {same keys}, "ratios": {...}, "grid": [...], "settings": {...}, "judge": {...}}``.
+        One JSON-serialisable dict (also written to ``out_dir/results.json``):
+
+        * ``suite``, ``protocol_version``, ``erased``, ``domain``, ``model``, ``model_fingerprint``;
+        * ``artifacts``: ``[{"method", "path", "concepts", "config", "cost", "created"}]``;
+        * the erased model's scores: ``ua``, ``synonym_ua``, ``ira``, ``cra`` (fractions in [0, 1] or
+          None when a group is empty), ``cra_by_domain`` ({domain: fraction}), ``fid`` (judge-feature
+          FID of the retain images vs renders of their labels), ``fid_images``, ``n`` ({group: images}),
+          ``images``, ``generate_seconds``, ``judge_seconds``, ``seconds`` (their sum);
+        * ``base``: the same score keys for the model without artifacts, plus ``cached`` and
+          ``cache_key``;
+        * ``ratios``: erased / base for ``ua``, ``synonym_ua``, ``ira``, ``cra``, ``fid`` (None when the
+          base value is 0 or missing);
+        * ``wall_seconds`` (this call, model load included), ``settings`` (steps, guidance,
+          seeds_per_prompt, full, batch_size, seed), ``judge`` ({version, accuracy}), ``grid`` (every
+          row: id, group, prompt, seed, labels), ``out_dir``; ``attacks`` when requested.
 
     Raises:
         ErasekitError: unknown concept, artifacts already applied to ``model``, bad artifacts.
