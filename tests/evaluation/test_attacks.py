@@ -145,6 +145,10 @@ def test_suite_and_input_errors(tiny_backend):
         run_attack("synonym", tiny_backend, "star", budget={"bogus": 1}, judge=BrightJudge(0))
     with pytest.raises(ErasekitError, match="at least one seed"):
         run_attack("synonym", tiny_backend, "star", seeds=[], judge=BrightJudge(0))
+    with pytest.raises(ErasekitError, match="at least 1"):
+        run_attack("prompt_opt", tiny_backend, "star", budget={"n_tokens": 0}, judge=BrightJudge(0))
+    with pytest.raises(ErasekitError, match="scales"):
+        run_attack("concept_vector", tiny_backend, "star", budget={"scales": ()}, judge=BrightJudge(0))
 
 
 def test_attack_cli(tmp_path):

@@ -32,6 +32,7 @@ from erasekit.evaluation.attacks.common import (
     resolve_budget,
     result,
 )
+from erasekit.methods.base import require
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class ConceptVectorBudget:
     """DDIM steps per generated image."""
     guidance: float = 3.0
     """Classifier-free guidance scale."""
+
+    def __post_init__(self) -> None:
+        for name in ("pairs", "prompts", "steps"):
+            require(getattr(self, name) >= 1, f"Budget field {name} must be at least 1.")
+        require(len(self.scales) >= 1, "Budget field scales needs at least one value, e.g. scales=1.5,3.")
 
 
 BUDGETS = {

@@ -37,6 +37,7 @@ from erasekit.evaluation.attacks.common import (
     resolve_budget,
     result,
 )
+from erasekit.methods.base import require
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,19 @@ class PromptOptBudget:
     """DDIM steps per generated image."""
     guidance: float = 3.0
     """Classifier-free guidance scale."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "n_tokens",
+            "candidates",
+            "top_k",
+            "images",
+            "timesteps",
+            "eval_prompts",
+            "sample_steps",
+        ):
+            require(getattr(self, name) >= 1, f"Budget field {name} must be at least 1.")
+        require(self.steps >= 0, "Budget field steps must be at least 0.")
 
 
 BUDGETS = {"small": {}, "full": {"steps": 100, "candidates": 64, "images": 8, "eval_prompts": 8}}

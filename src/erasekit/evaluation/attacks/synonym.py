@@ -25,6 +25,7 @@ from erasekit.evaluation.attacks.common import (
     resolve_budget,
     result,
 )
+from erasekit.methods.base import require
 
 # Sentences the training captions never used; {shape}/{color}/{style} as in the caption templates.
 PARAPHRASE_TEMPLATES: tuple[str, ...] = (
@@ -49,6 +50,10 @@ class SynonymBudget:
     """DDIM steps per image."""
     guidance: float = 3.0
     """Classifier-free guidance scale."""
+
+    def __post_init__(self) -> None:
+        for name in ("prompts_per_synonym", "steps"):
+            require(getattr(self, name) >= 1, f"Budget field {name} must be at least 1.")
 
 
 BUDGETS = {"small": {"prompts_per_synonym": 2}, "full": {"prompts_per_synonym": 6}}
