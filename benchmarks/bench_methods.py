@@ -11,8 +11,8 @@ protocol's output, the erase wall time and peak memory from the artifact manifes
 concept spec and versions. Timings are results, not assertions.
 
 The concept spec is what a ShapesWorld user would write: the concept, its anchor (from ``--anchor``
-or :data:`DEFAULT_ANCHORS` for methods that take one), the other concepts of its domain as the preserve
-set, and prompt templates in the world's own caption style (``--templates world``; ``minimal`` names only
+or :data:`DEFAULT_ANCHORS` for methods that take one), the other concepts as the preserve
+set (``--preserve all``: every other concept; ``domain``: those of its domain), and prompt templates in the world's own caption style (``--templates world``; ``minimal`` names only
 the concept — the default for fewshot; ``default`` uses erasekit's generic object templates).
 """
 
@@ -76,7 +76,9 @@ def world_templates(concept: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def concept_spec(method: str, concept: str, templates: str | None, anchors: dict[str, str]) -> ConceptSpec:
+def concept_spec(
+    method: str, concept: str, templates: str | None, anchors: dict[str, str], preserve: str = "all"
+) -> ConceptSpec:
     domain = domain_of(concept)
     templates = templates or DEFAULT_TEMPLATES.get(method, "world")
     chosen = {
@@ -85,11 +87,12 @@ def concept_spec(method: str, concept: str, templates: str | None, anchors: dict
         "default": None,
     }[templates]
     anchor = anchors.get(concept) if method in ANCHOR_METHODS else None
-    preserve = [c for c in DOMAINS[domain] if c not in (concept, anchor)]
+    pool = DOMAINS[domain] if preserve == "domain" else [c for values in DOMAINS.values() for c in values]
+    keep = [c for c in pool if c not in (concept, anchor)]
     return ConceptSpec.from_lists(
         [concept],
         [anchor] if anchor else [],
-        preserve,
+        keep,
         templates=chosen,
     )
 
@@ -121,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="prompt templates: world captions, concept-only captions, or erasekit's generic ones (default per method)",
     )
+    parser.add_argument(
+        "--preserve",
+        choices=("all", "domain"),
+        default="all",
+        help="preserve every other ShapesWorld concept, or only those of the erased concept's domain",
+    )
     parser.add_argument("--seeds-per-prompt", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="erasure seed")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("ERASEKIT_THREADS", "1")))
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         method = get_method(method_name)
         config = build_config(method.config_cls, None, overrides.get(method_name, []))
         for concept in [c.strip() for c in args.concepts.split(",") if c.strip()]:
-            spec = concept_spec(method_name, concept, args.templates, anchors)
+            spec = concept_spec(method_name, concept, args.templates, anchors, args.preserve)
             print(f"[{time.strftime('%H:%M:%S')}] {method_name} erases {concept} ...", flush=True)
             artifact = run_method(method, backend, spec, config, seed=args.seed)
             cost = artifact.manifest["cost"]

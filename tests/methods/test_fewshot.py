@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from erasekit.artifacts import apply
+from erasekit.artifacts import apply, revert
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config
 from erasekit.errors import ErasekitError
 from erasekit.methods import get_method, run_method
 
-FAST = ["num_images=2", "views=2", "probes=4", "generate_steps=2"]
+FAST = ["num_images=2", "batch_size=2", "views=2", "probes=4", "generate_steps=2", "preserve_weight=0"]
 
 
 def erase(backend, overrides, concepts=None):
@@ -67,6 +67,21 @@ def test_trust_region_undoes_the_step_that_leaves_it(tiny_backend):
     assert report["stopped_by"] == "trust_region"
     assert report["steps_run"] == 0
     assert not artifact.manifest.get("weights")  # the only step was undone: nothing changed
+
+
+@torch.no_grad()
+def test_drift_penalty_keeps_preserved_prompts_closer(tiny_backend, tiny_pipeline):
+    from erasekit.backends.sd import SDBackend
+
+    base = SDBackend(tiny_pipeline, name="tiny")
+    before = base.encode_prompts(["a photo of a dog", "dog"])
+    drifts = []
+    for weight in (0, 100):
+        artifact = erase(tiny_backend, ["lr=1e-2", "epochs=4", "stop_rule=none", f"preserve_weight={weight}"])
+        apply(artifact, tiny_pipeline)
+        drifts.append(float((base.encode_prompts(["a photo of a dog", "dog"]) - before).norm()))
+        revert(tiny_pipeline)
+    assert drifts[1] < 0.5 * drifts[0]
 
 
 def test_zero_shot_generates_its_own_images_or_raises(tiny_backend):

@@ -61,7 +61,7 @@ from erasekit.methods.base import require
 class AllButOneConfig:
     target: str = "cross_attn_kv"
     """Parameters edited, as backend targets joined by '+' (see `erasekit methods`)."""
-    steps: int = 200
+    steps: int = 100
     """Optimizer steps."""
     lr: float = 1e-3
     """Adam learning rate."""
