@@ -12,17 +12,22 @@ trained. What is implemented:
   k_aux pre-activations of latents dead for ``dead_steps`` steps (the auxiliary loss). k scales with
   width (public k = 64 at d = 768). The BOS position is excluded (it is the same for every prompt).
 * **Interpret** (training-free, per concept). Prompt-level activation a_pj = max over positions of
-  z_j. Features F_c: fire on ≥ ``min_target_rate`` of the target prompts, on ≤ ``max_retain_rate`` of
-  the retain prompts, ranked by mean target activation × (target rate − retain rate), the top
-  ``n_features``. Several concepts: F = ∪ F_c.
+  z_j. "Active on target minus active on retain" is made contrastive: each target prompt is paired
+  with counterfactuals (the concept swapped for its domain's other concepts, or generic words), and
+  features are ranked by contrast_j = mean_p (a_pj − mean_a a_paj) — what the concept itself adds,
+  with the prompt's other words cancelled — among those that fire on ≥ ``min_target_rate`` of the
+  target prompts and ≤ ``max_retain_rate`` of the retain prompts; the top ``n_features``. (A small
+  text encoder's SAE has few features that are both frequent on the concept and silent elsewhere;
+  rate thresholds alone found 2–3 features on ShapesWorld.) Several concepts: F = ∪ F_c.
 * **Deactivate** (inference). z_F ← λ z_F (public λ = −8) and decode *with the SAE's error added
   back*: ``h' = h + s W_dec[:, F] (λ − 1) z_F`` — gated prompts change only by the edit.
 * **Gate** (the zero-shot classifier). score(p) = max over positions of ‖h' − h‖; the edit is applied
   to a prompt only when score(p) > τ, otherwise its hidden states pass through bit-exactly. Public τ is
   the minimum score over the training prompts, which lets weaker paraphrases (synonyms) slip under it.
   Default here (``threshold="between"``): τ between the two score distributions, a fraction ρ of the
-  way from the highest retain score to the lowest target score (closer to retain: a paraphrase that
-  activates the concept features at all, more than any retain prompt does, is gated).
+  way from a high quantile of the retain scores to the lowest target score (closer to retain: a
+  paraphrase that activates the concept features more than nearly all retain prompts do is gated);
+  when the distributions overlap, the threshold with the fewest errors on the two sets.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +66,7 @@ class ItDConfig:
     """SAE latents = expansion · hidden width."""
     k: int | None = None
     """Top-k active latents; None = 64 · width / 768 (public k = 64 on CLIP ViT-L), at least 4."""
-    sae_steps: int = 1500
+    sae_steps: int = 600
     """SAE optimizer steps (batches of sae_batch token states)."""
     sae_batch: int = 1024
     """Token states per SAE step."""
@@ -78,16 +84,18 @@ class ItDConfig:
     """Where trained SAEs are kept (keyed by text-encoder fingerprint, layer and SAE settings)."""
     feature_scale: float = -8.0
     """λ: the selected features' codes are multiplied by this (public −8)."""
-    n_features: int = 16
+    n_features: int = 8
     """At most this many features per concept."""
-    min_target_rate: float = 0.3
+    min_target_rate: float = 0.1
     """A feature must fire on at least this share of the target prompts."""
-    max_retain_rate: float = 0.05
+    max_retain_rate: float = 0.3
     """A feature may fire on at most this share of the retain prompts."""
     threshold: Literal["between", "min_target"] = "between"
     """Gate threshold: between the retain and target score distributions, or the public minimum over target prompts."""
     threshold_position: float = 0.25
-    """ρ for threshold=between: τ = max retain + ρ (min target − max retain)."""
+    """ρ for threshold=between: τ = r + ρ (min target − r), r the retain_quantile of retain scores."""
+    retain_quantile: float = 0.99
+    """Quantile of the retain scores the between-threshold starts from (1 = their maximum)."""
     n_target_prompts: int = 200
     """Target prompts per concept for interpretation and calibration (ShapesWorld captions); templates are always added."""
 
@@ -98,6 +106,7 @@ class ItDConfig:
         require(self.sae_steps >= 1 and self.sae_batch >= 1, "sae_steps and sae_batch must be positive.")
         require(self.n_features >= 1, "n_features must be at least 1.")
         require(0 <= self.threshold_position <= 1, "threshold_position must be in [0, 1].")
+        require(0 < self.retain_quantile <= 1, "retain_quantile must be in (0, 1].")
 
 
 # ---- the sparse autoencoder ----------------------------------------------------------------------------
@@ -237,6 +246,31 @@ def target_prompts(shapes: bool, concepts: ConceptSpec, concept: str, n: int, se
     return prompts
 
 
+def counterfactuals(prompts: list[str], concept: str, alternatives: list[str]) -> list[list[str]]:
+    """Each prompt with the concept word swapped for every alternative: [P][A] (same order)."""
+    pattern = re.compile(rf"\b{re.escape(concept)}\b")
+    return [[fix_articles(pattern.sub(a, p)) for a in alternatives] for p in prompts]
+
+
+def fix_articles(text: str) -> str:
+    """'a orange star' -> 'an orange star' after a swap."""
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+
+def alternatives_for(shapes: bool, concepts: ConceptSpec, concept: str, n: int = 6) -> list[str]:
+    """Concepts to contrast ``concept`` with: its ShapesWorld domain, else the preserve set or generic words."""
+    erased = set(concepts.erase_texts)
+    if shapes:
+        from erasekit.world import DOMAINS, domain_of
+
+        pool = [c for c in DOMAINS[domain_of(concept)] if c not in erased]
+    else:
+        pool = [c for c in concepts.preserve if c not in erased] or [
+            w for w in GENERIC_WORDS if w not in erased
+        ]
+    return pool[:n] if len(pool) > n else pool
+
+
 def retain_prompts(shapes: bool, concepts: ConceptSpec, n: int, seed: int) -> list[str]:
     """Prompts without any erased concept: world captions (or the generic list) + preserved concepts."""
     erased = concepts.erase_texts
@@ -273,19 +307,32 @@ def edit_delta(
 
 
 def select_features(
-    target_codes: torch.Tensor, retain_codes: torch.Tensor, config: ItDConfig
+    target_codes: torch.Tensor,
+    counterfactual_codes: torch.Tensor,
+    retain_codes: torch.Tensor,
+    config: ItDConfig,
 ) -> tuple[torch.Tensor, dict]:
-    """F_c from prompt-level activations [P, n] of target and retain prompts (see module docstring)."""
+    """F_c from prompt-level activations: target [P, n], counterfactual [P, A, n], retain [R, n].
+
+    Counterfactuals are the target prompts with the concept swapped for each alternative (its
+    domain's other concepts, or generic words): contrast_j = mean_p (a_pj − mean_a a_paj) is what the
+    concept itself adds to feature j in its context, so colour/background features of the same
+    prompts cancel. Eligible: fires on ≥ min_target_rate of target prompts and ≤ max_retain_rate of
+    retain prompts; the top ``n_features`` by contrast (positive only).
+    """
     rate_t = (target_codes > 0).float().mean(0)
     rate_r = (retain_codes > 0).float().mean(0)
-    mean_t = target_codes.mean(0)
+    contrast = (target_codes - counterfactual_codes.mean(1)).mean(0)
     eligible = (rate_t >= config.min_target_rate) & (rate_r <= config.max_retain_rate)
-    score = torch.where(eligible, mean_t * (rate_t - rate_r), torch.full_like(mean_t, -1.0))
-    order = score.argsort(descending=True)
-    chosen = order[: config.n_features]
+    score = torch.where(eligible, contrast, torch.full_like(contrast, -1.0))
+    chosen = score.argsort(descending=True)[: config.n_features]
     chosen = chosen[score[chosen] > 0]
     stats = {
-        int(j): {"target_rate": round(float(rate_t[j]), 3), "retain_rate": round(float(rate_r[j]), 3)}
+        int(j): {
+            "contrast": round(float(contrast[j]), 3),
+            "target_rate": round(float(rate_t[j]), 3),
+            "retain_rate": round(float(rate_r[j]), 3),
+        }
         for j in chosen
     }
     return chosen, stats
@@ -297,7 +344,7 @@ def calibrate_threshold(target_scores: torch.Tensor, retain_scores: torch.Tensor
     if config.threshold == "min_target":
         # Public rule, applied strictly (score > τ): nudge just below the minimum so it is gated itself.
         return low_target * (1 - 1e-6)
-    high_retain = float(retain_scores.max()) if retain_scores.numel() else 0.0
+    high_retain = float(retain_scores.quantile(config.retain_quantile)) if retain_scores.numel() else 0.0
     if low_target > high_retain:
         return high_retain + config.threshold_position * (low_target - high_retain)
     # Overlap: the candidate with the fewest errors (target missed + retain gated); unique() sorts, so
@@ -473,7 +520,11 @@ class ItD:
         features, per_concept, targets = [], {}, []
         for i, target in enumerate(concepts.targets):
             prompts = target_prompts(shapes, concepts, target.text, config.n_target_prompts, seed=1 + i)
-            chosen, stats = select_features(prompt_codes(prompts), retain_codes, config)
+            alternatives = alternatives_for(shapes, concepts, target.text)
+            swapped = counterfactuals(prompts, target.text, alternatives)
+            flat = [q for row in swapped for q in row]
+            swapped_codes = prompt_codes(flat).reshape(len(prompts), len(alternatives), -1)
+            chosen, stats = select_features(prompt_codes(prompts), swapped_codes, retain_codes, config)
             if chosen.numel() == 0:
                 from erasekit.errors import ErasekitError
 

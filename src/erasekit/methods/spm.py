@@ -17,12 +17,15 @@ What is implemented (symbols as in the paper):
   rescaled to ``‖c‖ · U(0.8, 1.2)``, are accepted with probability ``1 − cos(v, c)``; the adapted
   model must reproduce the original on them: ``λ ‖ε_adapted(x_t, v) − ε(x_t, v)‖²`` (λ = 1000,
   4 anchors a step). All anchors are used (the public code lays the anchor batch out so that the
-  CFG split drops half of them).
+  CFG split drops half of them). Optional (``preserve_anchors`` > 0, off by default): also anchor
+  on the spec's preserve concepts in its templates — real prompts near the target that random
+  directions in a 10⁴-dimensional space never come close to.
 * **Facilitated transport** (Sec. 3.3, eq. 8). At inference every adapter is scaled by
   ``γ = max(cos(flat(e_p), flat(e_c)), |T(p) ∩ T(c)| / |T(c)|)`` per prompt p, with e the text
   encoder's output and T the set of non-special token ids; ``γ`` multiplies the adapter output once
-  (the public code scales both factors, which is γ²). See :class:`SPMGate` for how the gate finds a
-  prompt's tokens when all the UNet sees is its embedding.
+  (the public code scales both factors, which is γ²). γ is per batch row, so CFG's unconditional row
+  gets its own (small) γ; the public code applies the conditional prompt's γ to both. See
+  :class:`SPMGate` for how the gate finds a prompt's tokens when all the UNet sees is its embedding.
 
 Teacher and student share one UNet: the membrane is a set of toggleable forward hooks, switched off
 for the teacher passes. The backend's weights are never written.
@@ -69,6 +72,8 @@ class SPMConfig:
     """Latent-anchoring samples per step (public: 4)."""
     anchor_weight: float = 1000.0
     """λ: weight of the latent-anchoring loss (public: 1000)."""
+    preserve_anchors: int = 0
+    """Extra anchors per step drawn from the spec's preserve concepts in its templates (0 = paper: random only)."""
     use_templates: bool = True
     """Train on the concept placed in the spec's templates (True) or on the bare concept word (public)."""
     gate: Literal["facilitated", "always"] = "facilitated"
@@ -85,6 +90,7 @@ class SPMConfig:
             self.anchors_per_step >= 0, "anchors_per_step cannot be negative; use 0 to disable anchoring."
         )
         require(self.anchor_weight >= 0, "anchor_weight cannot be negative.")
+        require(self.preserve_anchors >= 0, "preserve_anchors cannot be negative; use 0 to disable.")
 
 
 # ---- the membrane during training -----------------------------------------------------------------
@@ -321,6 +327,10 @@ class SPM:
                     else [""] * len(prompts)
                 )
                 pairs.append((backend.encode_prompts(prompts), backend.encode_prompts(neutrals)))
+            preserve_texts = [p for c in concepts.preserve for p in concepts.prompts(c)]
+            preserved = (
+                backend.encode_prompts(preserve_texts) if preserve_texts and config.preserve_anchors else None
+            )
             gate_embeddings = backend.encode_prompts(concepts.erase_texts)
             gate_ids = backend.token_ids(concepts.erase_texts)
 
@@ -351,6 +361,9 @@ class SPM:
                     if config.anchors_per_step
                     else cond[:0]
                 )
+                if preserved is not None:
+                    picks = [chooser.randrange(preserved.shape[0]) for _ in range(config.preserve_anchors)]
+                    anchors = torch.cat([anchors, preserved[picks]])
                 n_anchor = anchors.shape[0]
                 with torch.no_grad(), membranes.off():
                     teacher = backend.predict_noise(
