@@ -13,7 +13,7 @@ concept spec and versions. Timings are results, not assertions.
 The concept spec is what a ShapesWorld user would write: the concept, its anchor (from ``--anchor``
 or :data:`DEFAULT_ANCHORS` for methods that take one), the other concepts as the preserve
 set (``--preserve all``: every other concept; ``domain``: those of its domain), and prompt templates in the world's own caption style (``--templates world``; ``minimal`` names only
-the concept — the default for fewshot; ``default`` uses erasekit's generic object templates).
+the concept; ``default`` uses erasekit's generic object templates).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The alternative each concept is mapped to by methods that take one (UCE's guide, ABO's alternative).
 DEFAULT_ANCHORS = {"star": "circle", "red": "blue", "striped": "plain"}
 ANCHOR_METHODS = ("abo", "uce")
-# Few-shot unlearning ascends the denoising loss of its captions: captions that name only the concept keep
-# the ascent off the other domains' words (a caption naming "green" would push on "green" too).
-DEFAULT_TEMPLATES = {"fewshot": "minimal"}
+# Per-method template choice (none differ now: concept-only captions left fewshot's ascent unable to
+# reach the world's full prompts — UA stayed at the base value on ShapesWorld checkpoints).
+DEFAULT_TEMPLATES: dict[str, str] = {}
 MINIMAL_PATTERNS = {
     "shape": ("{}", "a {}", "a {} shape"),
     "color": ("{}", "a {} shape", "something {}"),
