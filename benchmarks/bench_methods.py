@@ -187,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                 "base": {k: result["base"].get(k) for k in ("ua", "synonym_ua", "ira", "cra", "fid")},
                 "ratios": result.get("ratios"),
                 "evaluate": result,
-                "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+                "machine": {
+                    "platform": platform.platform(),
+                    "cpu_count": os.cpu_count(),
+                    "load_average": os.getloadavg(),
+                },
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                 "versions": environment_versions(),
             }
             out = args.out_dir / f"shapesworld_{method_name}_{concept}.json"
