@@ -21,13 +21,11 @@ def test_shipped_folder_loads_offline_and_fits_the_size_budget():
     from diffusers import StableDiffusionPipeline
 
     assert _folder_bytes(SHIPPED_MODEL_DIR) <= 40 * 1024 * 1024
+    # The plain call users make: every component must come up in float32 (weights are stored in fp16).
     pipe = StableDiffusionPipeline.from_pretrained(
-        SHIPPED_MODEL_DIR,
-        safety_checker=None,
-        requires_safety_checker=False,
-        local_files_only=True,
-        torch_dtype=torch.float32,
+        SHIPPED_MODEL_DIR, safety_checker=None, requires_safety_checker=False, local_files_only=True
     )
+    assert {m.dtype for m in (pipe.unet, pipe.text_encoder, pipe.vae)} == {torch.float32}
     assert len(pipe.tokenizer) == 49408
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     arch = tiny_config()
@@ -76,7 +74,7 @@ def test_train_smoke_two_steps_deterministic_and_resumable_from_a_vae(tmp_path):
     assert manifest["steps"] == 2 and manifest["images_seen"] == 4 and manifest["seed"] == 0
     pipe = load_shipped_pipeline(folder)
     assert list(pipe.unet.config.block_out_channels) == micro_config()["unet"]["block_out_channels"]
-    assert pipe.unet.dtype == torch.float32
+    assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
 
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
     assert main([f"--out-dir={tmp_path / 'b'}", *argv]) == 0

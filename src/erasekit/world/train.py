@@ -279,10 +279,26 @@ def export_pipeline(components: dict[str, Any], folder: Path, manifest: dict[str
         k: (copy.deepcopy(v).half() if isinstance(v, torch.nn.Module) else v) for k, v in components.items()
     }
     make_pipeline(half).save_pretrained(tmp, safe_serialization=True)
+    declare_float32(tmp)
     (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+
+
+def declare_float32(folder: Path) -> None:
+    """Make a plain ``from_pretrained(folder)`` load every component in float32.
+
+    Weights are stored in float16 to fit the size budget. diffusers models load as float32 by default,
+    but transformers keeps the dtype written in the text encoder's config, and a float16 text encoder
+    feeding a float32 UNet fails on CPU; so the config says float32 and the weights are upcast on load.
+    """
+    file = Path(folder) / "text_encoder" / "config.json"
+    config = json.loads(file.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = "float32"
+    file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 @torch.no_grad()
