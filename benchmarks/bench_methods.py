@@ -76,6 +76,10 @@ def world_templates(concept: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+# ESD (Gandikota et al. 2023) trains on the erased concept alone; it rejects a preserve set.
+NO_PRESERVE_METHODS = {"esd"}
+
+
 def concept_spec(
     method: str, concept: str, templates: str | None, anchors: dict[str, str], preserve: str = "all"
 ) -> ConceptSpec:
@@ -89,6 +93,8 @@ def concept_spec(
     anchor = anchors.get(concept) if method in ANCHOR_METHODS else None
     pool = DOMAINS[domain] if preserve == "domain" else [c for values in DOMAINS.values() for c in values]
     keep = [c for c in pool if c not in (concept, anchor)]
+    if method in NO_PRESERVE_METHODS:  # the method's objective has no preserve term (it refuses one)
+        keep = []
     return ConceptSpec.from_lists(
         [concept],
         [anchor] if anchor else [],
