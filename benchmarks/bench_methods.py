@@ -141,12 +141,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("ERASEKIT_THREADS", "1")))
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--keep-artifacts", type=Path, default=None, help="also save artifacts here")
+    parser.add_argument(
+        "--attacks",
+        default="all",
+        help="robustness attacks run on each erased model: all, none, or comma-separated names",
+    )
+    parser.add_argument("--attack-budget", default="small", help="attack budget preset (small, full)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     from erasekit.backends.sd import load_backend
     from erasekit.evaluation.shapesworld import evaluate_shapesworld
 
+    from erasekit.evaluation.attacks import available_attacks
+
+    attacks = (
+        []
+        if args.attacks == "none"
+        else available_attacks()
+        if args.attacks == "all"
+        else [a.strip() for a in args.attacks.split(",") if a.strip()]
+    )
     overrides = parse_overrides(args.override)
     anchors = dict(DEFAULT_ANCHORS)
     for item in args.anchor:
@@ -174,7 +189,13 @@ def main(argv: list[str] | None = None) -> int:
                 path = Path(args.keep_artifacts or tmp) / f"{method_name}-{concept}"
                 artifact.save(path)
                 result = evaluate_shapesworld(
-                    backend, [path], concept, seeds_per_prompt=args.seeds_per_prompt, progress=False
+                    backend,
+                    [path],
+                    concept,
+                    seeds_per_prompt=args.seeds_per_prompt,
+                    progress=False,
+                    attacks=attacks,
+                    attack_budget=args.attack_budget,
                 )
             training = {k: v for k, v in artifact.manifest.get("training", {}).items() if k != "history"}
             record = {
@@ -192,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
                 "metrics": {k: result.get(k) for k in ("ua", "synonym_ua", "ira", "cra", "fid")},
                 "base": {k: result["base"].get(k) for k in ("ua", "synonym_ua", "ira", "cra", "fid")},
                 "ratios": result.get("ratios"),
+                "attacks": {
+                    name: {
+                        k: record.get(k)
+                        for k in ("asr", "asr_before", "successes", "attempts", "seconds")
+                        if k in record
+                    }
+                    for name, record in (result.get("attacks") or {}).items()
+                },
                 "evaluate": result,
                 "machine": {
                     "platform": platform.platform(),
@@ -206,9 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             tmp_out.write_text(json.dumps(record, indent=2, default=str) + "\n")
             os.replace(tmp_out, out)
             m, r = record["metrics"], record["ratios"]
+            asr = "  ".join(f"{name} ASR {a['asr']:.2f}" for name, a in record["attacks"].items())
             print(
                 f"  UA {m['ua']}  synUA {m['synonym_ua']}  IRA {m['ira']} ({r.get('ira')})  "
-                f"CRA {m['cra']} ({r.get('cra')})  -> {out.name}",
+                f"CRA {m['cra']} ({r.get('cra')})  {asr}  -> {out.name}",
                 flush=True,
             )
     return 0

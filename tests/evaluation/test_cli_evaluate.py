@@ -75,6 +75,40 @@ def test_evaluate_json_and_run_folder(tmp_path, artifact_path):
     assert "UA" in text.stdout and "IRA" in text.stdout and "base" in text.stdout
 
 
+def test_evaluate_runs_attacks_and_reports_their_asr(tmp_path, artifact_path):
+    budget = tmp_path / "budget.json"
+    budget.write_text(
+        json.dumps(
+            {
+                "synonym": {"steps": 2, "prompts_per_synonym": 1},
+                "concept_vector": {"steps": 2, "pairs": 1, "prompts": 2, "scales": [2.0]},
+            }
+        )
+    )
+    args = ["evaluate", "--model", "tiny", "--artifact", artifact_path, "--erased", "star", *FAST]
+    attack_args = ["--attacks", "synonym,concept_vector", "--attack-budget", budget]
+    result = invoke(*args, *attack_args, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data["attacks"]) == {"synonym", "concept_vector"}
+    synonym, vector = data["attacks"]["synonym"], data["attacks"]["concept_vector"]
+    # the budget file reached each attack, and the ASR is the share of judged hits
+    assert synonym["budget"]["prompts_per_synonym"] == 1 and vector["budget"]["pairs"] == 1
+    for record in (synonym, vector):
+        assert record["asr"] == record["successes"] / record["attempts"] and record["attempts"] > 0
+        assert record["model_fingerprint"] != data["model_fingerprint"]  # attacked: the erased model
+    assert "ua" in data and "base" in data  # beside the protocol's own numbers
+
+    text = invoke(*args, *attack_args)
+    assert text.exit_code == 0, text.output
+    assert "attack synonym: ASR" in text.stdout and "attack concept_vector: ASR" in text.stdout
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"synonym": {"no_such_field": 1}}))
+    wrong = invoke(*args, "--attacks", "synonym", "--attack-budget", bad)
+    assert wrong.exit_code == 2 and "synonym" in wrong.output and "Traceback" not in wrong.output
+
+
 def test_evaluate_prompt_file_with_rows(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(
@@ -106,6 +140,10 @@ def test_evaluate_prompt_file_with_rows(tmp_path):
         (["--erased", "star", "--steps", "0"], "--steps"),
         (["--erased", "star", "--threads", "0"], "--threads"),
         (["--prompts", "/nonexistent.jsonl"], "not found"),
+        (["--erased", "star", "--attacks", "synonym"], "--artifact"),
+        (["--erased", "star", "--attacks", "nope"], "unknown attack"),
+        (["--erased", "star", "--attacks", "all", "--attack-budget", "huge"], "huge"),
+        (["--erased", "star", "--attacks", "all", "--attack-budget", "/nonexistent.json"], "not found"),
     ],
 )
 def test_evaluate_user_mistakes_exit_2(args, message):

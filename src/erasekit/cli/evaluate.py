@@ -98,6 +98,21 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    attacks: Annotated[
+        str,
+        typer.Option(
+            "--attacks",
+            help="Robustness attacks to run on the erased model after the grid: all, none, or names "
+            "(comma-separated: synonym, prompt_opt, concept_vector); their ASRs join the result.",
+        ),
+    ] = "none",
+    attack_budget: Annotated[
+        str,
+        typer.Option(
+            "--attack-budget",
+            help='Attack budget: a preset (small, full) or a JSON file {"ATTACK": {"preset": "small", FIELD: VALUE}}.',
+        ),
+    ] = "small",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
     """Measure an erasure on ShapesWorld: UA, synonym UA, IRA, CRA and FID, each beside the base model's."""
@@ -120,6 +135,11 @@ def evaluate(
     for path in artifact or []:
         _load_artifact(path, Artifact)  # a missing or corrupt file fails before the model loads
     artifacts = [str(path) for path in artifact or []]
+    attack_names, attack_budget = _parse_attacks(attacks, attack_budget)
+    if attack_names and prompts is not None:
+        raise ErasekitError("--attacks runs with the ShapesWorld grid (--erased), not with --prompts; drop one")
+    if attack_names and not artifacts:
+        raise ErasekitError("--attacks attacks an erased model; pass the erasure with --artifact PATH")
 
     if prompts is not None:
         from erasekit.evaluation.shapesworld import read_prompt_file
@@ -163,6 +183,8 @@ def evaluate(
                 use_cache=not no_cache,
                 force=force,
                 generate=generate,
+                attacks=attack_names,
+                attack_budget=attack_budget,
             ),
             model=model,
             artifacts=artifacts,
@@ -188,8 +210,51 @@ def evaluate(
         use_cache=not no_cache,
         force=force,
         device=device,
+        attacks=attack_names,
+        attack_budget=attack_budget,
     )
     emit(result, as_json, human_table)
+
+
+def _parse_attacks(text: str, budget: str) -> tuple[list[str], Any]:
+    """``--attacks`` as registered attack names ([] for none) and ``--attack-budget`` resolved and checked.
+
+    The budget is a preset name for every attack, or a JSON file mapping attack names to budget
+    mappings; each attack's budget is resolved here so that a typo fails before the model loads.
+    """
+    from erasekit.evaluation.attacks import available_attacks, get_attack
+    from erasekit.evaluation.attacks.common import resolve_budget
+
+    known = available_attacks()
+    value = text.strip().lower()
+    if value in ("", "none"):
+        return [], budget
+    names = known if value == "all" else [part.strip() for part in value.split(",") if part.strip()]
+    spec: Any = budget
+    if budget.endswith(".json"):
+        try:
+            spec = json.loads(Path(budget).read_text())
+        except FileNotFoundError:
+            raise ErasekitError(f"--attack-budget {budget}: file not found") from None
+        except json.JSONDecodeError as error:
+            raise ErasekitError(f"--attack-budget {budget}: not valid JSON ({error.msg})") from None
+        if not isinstance(spec, dict) or not set(spec) <= set(known):
+            raise ErasekitError(
+                f"--attack-budget {budget}: write an object keyed by attack names ({', '.join(known)})"
+            )
+    resolved = {}
+    for name in dict.fromkeys(names):
+        if name not in known:
+            raise ErasekitError(
+                f"--attacks: unknown attack {name!r}; choose all, none or from {', '.join(known)}"
+            )
+        attack = get_attack(name)
+        one = spec.get(name, "small") if isinstance(spec, dict) else spec
+        try:
+            resolved[name] = resolve_budget(attack.budget_cls, attack.budgets, one)
+        except ErasekitError as error:
+            raise ErasekitError(f"--attack-budget ({name}): {error}") from None
+    return list(resolved), resolved
 
 
 def _load_artifact(path: Path, artifact_cls: Any) -> Any:

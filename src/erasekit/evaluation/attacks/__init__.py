@@ -11,7 +11,7 @@ ASR = share of attempts (generated images) in which the judge names the erased c
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from erasekit.errors import ErasekitError
@@ -75,10 +75,25 @@ def attack_suite(
     seeds: Sequence[int] = DEFAULT_SEEDS,
     attacks: Sequence[str] | None = None,
 ) -> dict[str, dict]:
-    """Every registered attack (or ``attacks``) against one erased model: name -> result record."""
+    """Every registered attack (or ``attacks``) against one erased model: name -> result record.
+
+    ``budget`` is one budget for every attack (a preset name or a mapping of fields), or a mapping
+    from attack names to budgets (attacks it leaves out get ``"small"``).
+    """
+    names = list(attacks or available_attacks())
+    per_attack = (
+        isinstance(budget, Mapping) and bool(budget) and set(budget) <= set(available_attacks())
+    )
     return {
-        name: run_attack(name, backend, concept, budget=budget, seeds=seeds, judge=judge)
-        for name in (attacks or available_attacks())
+        name: run_attack(
+            name,
+            backend,
+            concept,
+            budget=budget.get(name, "small") if per_attack else budget,
+            seeds=seeds,
+            judge=judge,
+        )
+        for name in names
     }
 
 
