@@ -129,3 +129,14 @@ def test_multi_concept_is_the_union_of_feature_sets_and_the_sae_is_cached(tiny_b
     assert {int(i) for i in both.tensors["hooks/0/features"]} == {int(i) for i in union}
     assert len(union) >= max(len(star.manifest["training"]["features"]["star"]), 1)
     assert single  # both concepts found features
+
+
+def test_layer_rule_public_fraction_for_deep_encoders_last_layer_for_shallow_ones():
+    from types import SimpleNamespace
+
+    method = ItD()
+    clip_l, shapes = SimpleNamespace(n_text_layers=12), SimpleNamespace(n_text_layers=3)
+    assert method.resolve_layer(clip_l, ItDConfig()) == 7  # hidden state 8 of 12, as published
+    assert method.resolve_layer(shapes, ItDConfig()) == 2  # shallower than shallow_depth: the last
+    assert method.resolve_layer(shapes, ItDConfig(shallow_depth=0)) == 1  # the fraction rule
+    assert method.resolve_layer(shapes, ItDConfig(layer=0)) == 0  # an explicit layer wins
