@@ -147,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         help="robustness attacks run on each erased model: all, none, or comma-separated names",
     )
     parser.add_argument("--attack-budget", default="small", help="attack budget preset (small, full)")
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="keep each evaluation's run folder here as <method>-<concept>/ (for `erasekit report`)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -196,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                     progress=False,
                     attacks=attacks,
                     attack_budget=args.attack_budget,
+                    out_dir=args.runs_dir / f"{method_name}-{concept}" if args.runs_dir else None,
                 )
             training = {k: v for k, v in artifact.manifest.get("training", {}).items() if k != "history"}
             record = {
