@@ -31,3 +31,41 @@ def test_bench_erase_runs_on_tiny_and_writes_json(tmp_path):
         assert run["seconds"] > 0 and run["peak_memory_bytes"] >= 0
     assert runs[("erase", "uce")]["artifact_bytes"] > 0
     assert runs[("sample", None)]["steps"] == 2
+
+
+def _load(name: str):
+    path = BENCH.parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_methods_records_the_protocol_and_attacks(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
+    argv = ["--model", "tiny", "--methods", "uce", "--concepts", "star", "--seeds-per-prompt", "1"]
+    argv += ["--attacks", "synonym", "--out-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
+    _load("bench_methods").main(argv)
+    record = json.loads((tmp_path / "shapesworld_uce_star.json").read_text())
+    assert record["method"] == "uce" and record["concept"] == "star"
+    assert record["concepts"]["targets"] == [{"text": "star", "anchor": "circle"}]
+    assert set(record["attacks"]) == {"synonym"}
+    assert record["attacks"]["synonym"]["asr"] == record["evaluate"]["attacks"]["synonym"]["asr"]
+    assert record["metrics"]["ua"] == record["evaluate"]["ua"] and record["erase_seconds"] > 0
+    assert (tmp_path / "runs" / "uce-star" / "results.json").is_file()
+    # The summary table reads the same file and judges it against the bar.
+    summary = _load("summarize")
+    line = summary.table(summary.load(None, tmp_path)).splitlines()[-1]
+    assert line.startswith("| uce | star |") and line.endswith(f"| {record['machine']['load_average'][0]:.1f} |")
+    assert ("yes" in line) == summary.meets_bar(record)
+
+
+def test_committed_shapesworld_results_have_what_the_table_reads():
+    summary = _load("summarize")
+    records = summary.load(None, summary.RESULTS_DIR)
+    assert records, "benchmarks/results holds the ShapesWorld method results"
+    for record in records:
+        for key in ("ua", "synonym_ua", "ira", "cra"):
+            assert 0 <= record["metrics"][key] <= 1
+        assert record["command"] and record["versions"]["erasekit"]
+    assert summary.table(records).count("\n") == len(records) + 1
