@@ -157,9 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from erasekit.backends.sd import load_backend
-    from erasekit.evaluation.shapesworld import evaluate_shapesworld
-
     from erasekit.evaluation.attacks import available_attacks
+    from erasekit.evaluation.shapesworld import evaluate_shapesworld
 
     attacks = (
         []

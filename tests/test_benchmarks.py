@@ -56,7 +56,9 @@ def test_bench_methods_records_the_protocol_and_attacks(tmp_path, monkeypatch):
     # The summary table reads the same file and judges it against the bar.
     summary = _load("summarize")
     line = summary.table(summary.load(None, tmp_path)).splitlines()[-1]
-    assert line.startswith("| uce | star |") and line.endswith(f"| {record['machine']['load_average'][0]:.1f} |")
+    assert line.startswith("| uce | star |") and line.endswith(
+        f"| {record['machine']['load_average'][0]:.1f} |"
+    )
     assert ("yes" in line) == summary.meets_bar(record)
 
 

@@ -236,7 +236,11 @@ def _from_folder(path: Path) -> StableDiffusionPipeline:
         transformers_logging.disable_progress_bar()  # transformers 5's "Loading weights" bar
     try:
         return StableDiffusionPipeline.from_pretrained(
-            path, safety_checker=None, requires_safety_checker=False, local_files_only=True, dtype=torch.float32
+            path,
+            safety_checker=None,
+            requires_safety_checker=False,
+            local_files_only=True,
+            dtype=torch.float32,
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         # An incomplete or foreign folder fails deep inside diffusers with any of these.

@@ -24,7 +24,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-world_app = typer.Typer(help="ShapesWorld: the reference world (train its model, inspect it).", no_args_is_help=True)
+world_app = typer.Typer(
+    help="ShapesWorld: the reference world (train its model, inspect it).", no_args_is_help=True
+)
 app.add_typer(world_app, name="world")
 
 

@@ -137,7 +137,9 @@ def evaluate(
     artifacts = [str(path) for path in artifact or []]
     attack_names, attack_budget = _parse_attacks(attacks, attack_budget)
     if attack_names and prompts is not None:
-        raise ErasekitError("--attacks runs with the ShapesWorld grid (--erased), not with --prompts; drop one")
+        raise ErasekitError(
+            "--attacks runs with the ShapesWorld grid (--erased), not with --prompts; drop one"
+        )
     if attack_names and not artifacts:
         raise ErasekitError("--attacks attacks an erased model; pass the erasure with --artifact PATH")
 

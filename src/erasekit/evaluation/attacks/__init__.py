@@ -81,9 +81,7 @@ def attack_suite(
     from attack names to budgets (attacks it leaves out get ``"small"``).
     """
     names = list(attacks or available_attacks())
-    per_attack = (
-        isinstance(budget, Mapping) and bool(budget) and set(budget) <= set(available_attacks())
-    )
+    per_attack = isinstance(budget, Mapping) and bool(budget) and set(budget) <= set(available_attacks())
     return {
         name: run_attack(
             name,
