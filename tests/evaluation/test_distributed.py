@@ -27,6 +27,8 @@ def _inputs(tiny_backend, tmp_path):
     artifact = Artifact("uce")
     artifact.add_weight(name, 0.5 * torch.randn_like(param))
     artifact.save(tmp_path / "erase-star")
+    budget = tmp_path / "attack-budget.json"
+    budget.write_text(json.dumps({"synonym": {"steps": 2, "prompts_per_synonym": 1}}))
     return [
         "evaluate",
         "--model",
@@ -44,6 +46,10 @@ def _inputs(tiny_backend, tmp_path):
         "--judge",
         str(tmp_path / "judge"),
         "--no-cache",
+        "--attacks",
+        "synonym",
+        "--attack-budget",
+        str(budget),
         "--json",
     ]
 
@@ -85,6 +91,9 @@ def test_two_processes_match_one(tiny_backend, tmp_path):
         assert two[key] == one[key], key
         assert two["base"][key] == one["base"][key], key
     assert two["n"] == one["n"] and two["grid"] == one["grid"]
+    # attacks run once, on the main process, against the same erased model
+    assert two["attacks"]["synonym"]["asr"] == one["attacks"]["synonym"]["asr"]
+    assert two["attacks"]["synonym"]["model_fingerprint"] == one["attacks"]["synonym"]["model_fingerprint"]
     for run in ("", "base"):
         rows_one = read_manifest(tmp_path / "one" / run)
         rows_two = read_manifest(tmp_path / "two" / run)
