@@ -254,17 +254,19 @@ def _attack_table(runs: Sequence[dict]) -> str:
                 continue
             budget = ", ".join(f"{k}={v}" for k, v in (record.get("budget") or {}).items())
             lines.append(
-                f'<tr><td class="name">{_esc(run["name"])}</td><td class="name">{_esc(name)}</td>'
+                f'<tr><td class="name">{_esc(run["name"])}</td>'
+                f'<td class="name">{_esc(run["results"].get("erased", ""))}</td><td class="name">{_esc(name)}</td>'
                 f"<td>{_fmt(record.get('asr'))}</td><td>{_fmt(record.get('asr_before'))}</td>"
                 f'<td>{_fmt(record.get("attempts"))}</td><td class="name">{_esc(budget)}</td>'
-                f"<td>{_esc(record.get('seeds', ''))}</td><td>{_fmt(record.get('seconds'), 1)}</td></tr>"
+                f"<td>{_esc(','.join(str(x) for x in record.get('seeds') or []))}</td><td>{_fmt(record.get('seconds'), 1)}</td></tr>"
             )
     if not lines:
         return ""
     head = (
         '<h2>Robustness attacks</h2><p class="caption">ASR: share of attempts in which the judge finds the '
         'erased concept (lower is more robust); "before" is the same prompts without the attack.</p>'
-        '<table id="attacks"><tr><th class="name">erasure</th><th class="name">attack</th><th>ASR</th>'
+        '<table id="attacks"><tr><th class="name">erasure</th><th class="name">concept</th>'
+        '<th class="name">attack</th><th>ASR</th>'
         '<th>before</th><th>attempts</th><th class="name">budget</th><th>seeds</th><th>seconds</th></tr>'
     )
     return head + "".join(lines) + "</table>"
@@ -288,7 +290,8 @@ def _cost_of(run: dict) -> dict[str, Any]:
 
 def _cost_table(runs: Sequence[dict]) -> str:
     lines = [
-        '<table id="costs"><tr><th class="name">erasure</th><th>erase time (s)</th><th>peak memory (MiB)</th>'
+        '<table id="costs"><tr><th class="name">erasure</th><th class="name">concept</th><th>erase time (s)</th>'
+        "<th>peak memory (MiB)</th>"
         "<th>artifact size (KiB)</th><th>evaluation wall time (s)</th></tr>"
     ]
     for run in runs:
@@ -298,7 +301,8 @@ def _cost_table(runs: Sequence[dict]) -> str:
         memory = cost["peak_memory_bytes"] / 2**20 if cost["peak_memory_bytes"] is not None else None
         size = cost["artifact_bytes"] / 2**10 if cost["artifact_bytes"] is not None else None
         lines.append(
-            f'<tr><td class="name">{_esc(run["name"])}</td><td>{_fmt(cost["seconds"], 2)}</td><td>{_fmt(memory, 1)}</td>'
+            f'<tr><td class="name">{_esc(run["name"])}</td><td class="name">{_esc(run["results"].get("erased", ""))}</td>'
+            f"<td>{_fmt(cost['seconds'], 2)}</td><td>{_fmt(memory, 1)}</td>"
             f"<td>{_fmt(size, 1)}</td><td>{_fmt(run['results'].get('wall_seconds'), 1)}</td></tr>"
         )
     lines.append("</table>")
@@ -335,27 +339,33 @@ def tradeoff_plot(runs: Sequence[dict]) -> bytes | None:
     points = [r for r in runs if isinstance(r["results"].get("ua"), (int, float))]
     if not points:
         return None
-    figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=100, layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, run in enumerate(points):
-        results, color = run["results"], colors[i % len(colors)]
-        label = f"{run['name']} ({results.get('erased', '?')})"
+    methods = list(dict.fromkeys(run["name"] for run in points))  # one colour per method
+    for run in points:
+        results = run["results"]
+        color = colors[methods.index(run["name"]) % len(colors)]
         if isinstance(results.get("ira"), (int, float)):
-            axes.scatter(results["ua"], results["ira"], color=color, marker="o", s=60, label=f"{label} IRA")
+            axes.scatter(results["ua"], results["ira"], color=color, marker="o", s=60, alpha=0.8)
         if isinstance(results.get("cra"), (int, float)):
-            axes.scatter(results["ua"], results["cra"], color=color, marker="^", s=60, label=f"{label} CRA")
+            axes.scatter(results["ua"], results["cra"], color=color, marker="^", s=60, alpha=0.8)
         base = results.get("base") or {}
         if isinstance(base.get("ua"), (int, float)) and isinstance(base.get("ira"), (int, float)):
             axes.scatter(base["ua"], base["ira"], color="grey", marker="*", s=120)
+    for i, method in enumerate(methods):
+        concepts = sorted({str(r["results"].get("erased", "?")) for r in points if r["name"] == method})
+        label = f"{method} ({', '.join(concepts)})" if len(", ".join(concepts)) <= 24 else method
+        axes.scatter([], [], color=colors[i % len(colors)], marker="s", s=60, label=label)
+    axes.scatter([], [], color="black", marker="o", s=40, label="IRA")
+    axes.scatter([], [], color="black", marker="^", s=40, label="CRA")
     axes.scatter([], [], color="grey", marker="*", s=120, label="base model")
     axes.set_xlabel("UA — erased concept removed (higher is better)")
     axes.set_ylabel("retain accuracy (higher is better)")
     axes.set_xlim(-0.05, 1.05)
     axes.set_ylim(-0.05, 1.05)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="lower left")
-    axes.set_title("Erasure vs. retention, one point per method")
-    figure.tight_layout()
+    figure.legend(fontsize=7, loc="outside right upper")
+    axes.set_title("Erasure vs. retention (one point per erasure)", fontsize=10)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     plt.close(figure)
