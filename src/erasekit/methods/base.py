@@ -39,8 +39,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _release_free_memory() -> None:
+    """Hand memory freed by earlier work back to the OS, so that a block's RSS growth is its own.
+
+    Without it, glibc keeps freed tensors' pages and the next block reuses them: its RSS does not grow
+    and its peak reads as ~0 (measured: every erasure after the first in one process). ``malloc_trim``
+    exists only in glibc; elsewhere nothing is released and the reading is a lower bound.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 class PeakMemory:
-    """Peak resident memory (CPU: sampled RSS above the start; CUDA: max allocated) during a block."""
+    """Peak resident memory (CPU: sampled RSS above the start; CUDA: max allocated) during a block.
+
+    On CPU, memory freed before the block is first returned to the OS (glibc ``malloc_trim``), so the
+    reading is what the block itself needed at its peak, not what earlier work left allocated.
+    """
 
     def __init__(self, interval: float = 0.01):
         self.interval, self.peak_bytes = interval, 0
@@ -59,6 +84,7 @@ class PeakMemory:
             self.peak_bytes = max(self.peak_bytes, self._rss() - self._start)
 
     def __enter__(self) -> PeakMemory:
+        _release_free_memory()
         self._start = self._rss()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
