@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -115,3 +117,26 @@ def test_bad_inputs_raise_one_line_errors(tiny_backend):
         build_config(method.config_cls, None, ["stop_rule=sometimes"])
     with pytest.raises(ErasekitError, match="text encoder only"):
         erase(tiny_backend, ["target=cross_attn_kv"])
+
+
+def test_shapesworld_renders_are_captioned_truthfully_and_the_mismatch_swaps_the_concept():
+    from erasekit.methods.fewshot import render_world_images, swap_concept, world_captions
+    from erasekit.world import domain_of
+
+    generator = torch.Generator().manual_seed(0)
+    for concept in ("heart", "blue", "dotted"):
+        images, labels = render_world_images(concept, 4, 32, generator)
+        assert images.shape == (4, 3, 32, 32) and all(lab[domain_of(concept)] == concept for lab in labels)
+        for label in labels:
+            captions = world_captions(label, concept, 4, generator)
+            assert captions and all(concept in re.findall(r"\w+", c) for c in captions)
+            # every attribute a caption names is the render's own (no template's fixed "a green {}")
+            words = {w for c in captions for w in re.findall(r"\w+", c)}
+            named = {v for k, v in label.items() if v in words}
+            assert named >= {concept}
+            assert not words & ({"red", "green", "blue", "star", "circle", "plain"} - set(label.values()))
+    assert swap_concept("a red star on a dotted background", "red", "orange") == (
+        "an orange star on a dotted background"
+    )
+    assert swap_concept("an orange cross", "orange", "red") == "a red cross"
+    assert swap_concept("a starry star", "star", "ring") == "a starry ring"  # whole words only
