@@ -161,3 +161,16 @@ def test_gate_kind_is_registered():
     from erasekit.artifacts import HOOK_KINDS
 
     assert HOOK_KINDS["spm_gate"] is SPMGate
+
+
+def test_neutral_prompt_leaves_only_the_concept_out():
+    from erasekit.methods.spm import neutral_prompts
+
+    templates = ["a {} square on a striped background", "an orange {}", "{}"]
+    assert neutral_prompts(templates, None, "remove") == [
+        "a square on a striped background",
+        "an orange",
+        "",  # the bare word: the paper's empty prompt
+    ]
+    assert neutral_prompts(templates, None, "empty") == ["", "", ""]
+    assert neutral_prompts(["a {} square"], "orange", "remove") == ["an orange square"]  # anchor wins

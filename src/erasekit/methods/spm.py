@@ -12,7 +12,9 @@ What is implemented (symbols as in the paper):
   (``ddim_steps`` steps, stopped at a random step k, CFG with the target prompt, membrane on, as the
   public code does) and t the DDIM timestep that follows, the adapted model on the target prompt c
   must output  ``ε*(x_t, c) = ε(x_t, c_n) − η (ε(x_t, c) − ε(x_t, c_n))`` where ε is the *original*
-  model (membrane off) and c_n the neutral prompt ("" or the user's anchor).
+  model (membrane off) and c_n the neutral prompt: the user's anchor in the concept's place, else the
+  same prompt with the concept word left out (``neutral="remove"``; on the bare concept word, the
+  public code's "" — see :func:`neutral_prompts` for why templates need it).
 * **Latent anchoring** (eq. 6–7). Random directions ``v`` in the flattened text-embedding space,
   rescaled to ``‖c‖ · U(0.8, 1.2)``, are accepted with probability ``1 − cos(v, c)``; the adapted
   model must reproduce the original on them: ``λ ‖ε_adapted(x_t, v) − ε(x_t, v)‖²`` (λ = 1000,
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -76,12 +79,14 @@ class SPMConfig:
     """CFG scale of the trajectory that produces the training latents (public: 3)."""
     anchors_per_step: int = 4
     """Latent-anchoring samples per step (public: 4)."""
-    anchor_weight: float = 100.0
-    """λ: weight of the latent-anchoring loss (public: 1000, which on ShapesWorld with lr 1e-2 diverged and with lr 1e-3 blocked erasure)."""
+    anchor_weight: float = 50.0
+    """λ: weight of the latent-anchoring loss (public: 1000; on ShapesWorld 100 left "blue" fully in place, 30 cost IRA, 50 erased all six benchmark concepts)."""
     preserve_anchors: int = 4
-    """Extra anchors per step drawn from the spec's preserve concepts in its templates (0 = paper: random only; 2 kept ShapesWorld's CRA but let IRA of red fall to 0.86, 4 keeps it at 0.93)."""
+    """Extra anchors per step drawn from the spec's preserve concepts in its templates (0 = paper: random only; on ShapesWorld with anchor weight 100, 2 let red's IRA fall to 0.86 and 4 kept 0.93)."""
     use_templates: bool = True
     """Train on the concept placed in the spec's templates (True) or on the bare concept word (public)."""
+    neutral: Literal["remove", "empty"] = "remove"
+    """c_n of the ESD target when the concept has no anchor: its prompt with the concept word left out (remove; on the bare word that is the paper's "") or the empty prompt (empty)."""
     gate: Literal["facilitated", "always"] = "facilitated"
     """Inference gate: facilitated transport γ per prompt (paper), or always γ = 1."""
     max_grad_norm: float = 1.0
@@ -179,6 +184,28 @@ def adapter_delta(module: nn.Module, x: torch.Tensor, down: torch.Tensor, up: to
 def esd_target(eps_positive: torch.Tensor, eps_neutral: torch.Tensor, eta: float) -> torch.Tensor:
     """ε* = ε(x, c_n) − η (ε(x, c) − ε(x, c_n))  (SPM eq. 4; weights sum to 1, so valid for v too)."""
     return eps_neutral - eta * (eps_positive - eps_neutral)
+
+
+def neutral_prompts(templates: list[str], anchor: str | None, mode: str) -> list[str]:
+    """c_n per template: the anchor in its place, else the template without the concept (or "").
+
+    "a {} square on a striped background" erased towards "" would ask the membrane to remove the
+    square and the stripes too, which the preserve anchors on "a cyan square on a striped background"
+    forbid; on ShapesWorld that conflict left "blue" fully in place (UA 0.0). Leaving only the concept
+    out ("a square on a striped background") asks for the concept alone.
+    """
+    if anchor:
+        return [fix_articles(t.format(anchor)) for t in templates]
+    if mode == "empty":
+        return [""] * len(templates)
+    return [fix_articles(" ".join(t.format("").split())) for t in templates]
+
+
+def fix_articles(text: str) -> str:
+    """'a orange star' -> 'an orange star' after a word is put in or left out."""
+    return re.sub(
+        r"\b(a|an) (\w)", lambda m: ("an " if m.group(2).lower() in "aeiou" else "a ") + m.group(2), text
+    )
 
 
 def sample_anchors(target: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -325,13 +352,9 @@ class SPM:
             uncond = backend.encode_prompts([""])
             pairs = []  # (prompt embeddings [P, L, D], neutral embeddings [P, L, D]) per target
             for target in concepts.targets:
-                prompts = concepts.prompts(target.text) if config.use_templates else [target.text]
-                neutral_word = target.anchor
-                neutrals = (
-                    [p.replace(target.text, neutral_word) for p in prompts]
-                    if neutral_word
-                    else [""] * len(prompts)
-                )
+                templates = list(concepts.templates) if config.use_templates else ["{}"]
+                prompts = [t.format(target.text) for t in templates]
+                neutrals = neutral_prompts(templates, target.anchor, config.neutral)
                 pairs.append((backend.encode_prompts(prompts), backend.encode_prompts(neutrals)))
             preserve_texts = [p for c in concepts.preserve for p in concepts.prompts(c)]
             preserved = (
