@@ -143,6 +143,10 @@ def evaluate(
     if attack_names and not artifacts:
         raise ErasekitError("--attacks attacks an erased model; pass the erasure with --artifact PATH")
 
+    if prompts is not None and (processes > 1 or distributed_launch()):
+        raise ErasekitError(
+            "--prompts files are scored in one process; drop --processes (or accelerate launch)"
+        )
     if prompts is not None:
         from erasekit.evaluation.shapesworld import read_prompt_file
 
@@ -257,6 +261,13 @@ def _parse_attacks(text: str, budget: str) -> tuple[list[str], Any]:
         except ErasekitError as error:
             raise ErasekitError(f"--attack-budget ({name}): {error}") from None
     return list(resolved), resolved
+
+
+def distributed_launch() -> bool:
+    """Whether this process was started by accelerate / torchrun / MPI with several processes."""
+    from erasekit.evaluation import distributed
+
+    return distributed.launched_world_size() > 1
 
 
 def _load_artifact(path: Path, artifact_cls: Any) -> Any:
