@@ -163,6 +163,15 @@ def test_base_results_are_cached_by_model_and_grid(judge, tmp_path):
     }
     other = evaluate_shapesworld(backend, [erase_artifact()], "circle", **kwargs)  # another grid
     assert other["base"]["cached"] is False
+    # CPU results depend on the thread count in their last bits: another count is another cache entry
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        more = evaluate_shapesworld(backend, [erase_artifact()], "star", **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    assert more["base"]["cached"] is False and more["settings"]["torch_threads"] == threads + 1
+    assert first["settings"]["torch_threads"] == threads
 
 
 def test_an_already_applied_artifact_is_refused(judge, tmp_path):

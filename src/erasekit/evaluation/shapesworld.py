@@ -335,7 +335,7 @@ def evaluate_shapesworld(
         * ``ratios``: erased / base for ``ua``, ``synonym_ua``, ``ira``, ``cra``, ``fid`` (None when the
           base value is 0 or missing);
         * ``wall_seconds`` (this call, model load included), ``settings`` (steps, guidance,
-          seeds_per_prompt, full, batch_size, seed), ``judge`` ({version, accuracy}), ``grid`` (every
+          seeds_per_prompt, full, batch_size, seed, torch_threads on CPU), ``judge`` ({version, accuracy}), ``grid`` (every
           row: id, group, prompt, seed, labels), ``out_dir``; ``attacks`` when requested.
 
     Raises:
@@ -363,6 +363,9 @@ def evaluate_shapesworld(
         "full": full,
         "batch_size": batch_size,
         "seed": seed,
+        # CPU kernels reduce in a thread-count-dependent order: 1 vs 2 threads changed the last bits of
+        # some base images (FID 120.288765 vs 120.288789), so the base cache keys on it too.
+        "torch_threads": torch.get_num_threads() if str(getattr(backend, "device", "cpu")) == "cpu" else None,
     }
     grid = build_grid(erased, seeds_per_prompt=seeds_per_prompt, full=full, seed=seed)
     judge_version = getattr(judge, "version", type(judge).__name__)
