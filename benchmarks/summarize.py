@@ -17,7 +17,7 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 METHOD_ORDER = ("fewshot", "spm", "itd", "abo", "uce", "esd")
-CONCEPT_ORDER = ("star", "red", "striped", "heart", "blue", "dotted")
+CONCEPT_ORDER = ("star", "red", "striped", "heart", "blue", "dotted", "triangle", "purple", "checkered")
 ATTACKS = ("synonym", "prompt_opt", "concept_vector")
 
 
