@@ -157,16 +157,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from erasekit.backends.sd import load_backend
-    from erasekit.evaluation.attacks import available_attacks
+    from erasekit.evaluation.attacks import attack_names
     from erasekit.evaluation.shapesworld import evaluate_shapesworld
 
-    attacks = (
-        []
-        if args.attacks == "none"
-        else available_attacks()
-        if args.attacks == "all"
-        else [a.strip() for a in args.attacks.split(",") if a.strip()]
-    )
+    attacks = attack_names(args.attacks)
     overrides = parse_overrides(args.override)
     anchors = dict(DEFAULT_ANCHORS)
     for item in args.anchor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,23 @@ STYLE_TEMPLATES: tuple[str, ...] = (
     "an image in the style of {}",
     "a picture in the style of {}",
 )
+
+
+def has_word(text: str, word: str) -> bool:
+    """Whether ``text`` contains ``word`` (one or several words) as whole words."""
+    return re.search(rf"\b{re.escape(word)}\b", text) is not None
+
+
+def fix_articles(text: str) -> str:
+    """'a orange star' -> 'an orange star', 'an red star' -> 'a red star' after a word is put in or left out."""
+    return re.sub(
+        r"\b(a|an) (\w)", lambda m: ("an " if m.group(2).lower() in "aeiou" else "a ") + m.group(2), text
+    )
+
+
+def swap_word(text: str, word: str, other: str) -> str:
+    """``text`` with the whole word ``word`` replaced by ``other``, articles fixed."""
+    return fix_articles(re.sub(rf"\b{re.escape(word)}\b", other, text))
 
 
 @dataclass(frozen=True)

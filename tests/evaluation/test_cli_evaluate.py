@@ -142,7 +142,7 @@ def test_evaluate_prompt_file_with_rows(tmp_path):
         (["--prompts", "/nonexistent.jsonl"], "not found"),
         (["--erased", "star", "--attacks", "synonym"], "--artifact"),
         (["--prompts", "p.jsonl", "--processes", "2"], "--processes"),
-        (["--erased", "star", "--attacks", "nope"], "unknown attack"),
+        (["--erased", "star", "--attacks", "nope"], "Unknown attack"),
         (["--erased", "star", "--attacks", "all", "--attack-budget", "huge"], "huge"),
         (["--erased", "star", "--attacks", "all", "--attack-budget", "/nonexistent.json"], "not found"),
     ],

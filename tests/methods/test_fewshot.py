@@ -120,7 +120,8 @@ def test_bad_inputs_raise_one_line_errors(tiny_backend):
 
 
 def test_shapesworld_renders_are_captioned_truthfully_and_the_mismatch_swaps_the_concept():
-    from erasekit.methods.fewshot import render_world_images, swap_concept, world_captions
+    from erasekit.concepts import swap_word
+    from erasekit.methods.fewshot import render_world_images, world_captions
     from erasekit.world import domain_of
 
     generator = torch.Generator().manual_seed(0)
@@ -135,8 +136,8 @@ def test_shapesworld_renders_are_captioned_truthfully_and_the_mismatch_swaps_the
             named = {v for k, v in label.items() if v in words}
             assert named >= {concept}
             assert not words & ({"red", "green", "blue", "star", "circle", "plain"} - set(label.values()))
-    assert swap_concept("a red star on a dotted background", "red", "orange") == (
+    assert swap_word("a red star on a dotted background", "red", "orange") == (
         "an orange star on a dotted background"
     )
-    assert swap_concept("an orange cross", "orange", "red") == "a red cross"
-    assert swap_concept("a starry star", "star", "ring") == "a starry ring"  # whole words only
+    assert swap_word("an orange cross", "orange", "red") == "a red cross"
+    assert swap_word("a starry star", "star", "ring") == "a starry ring"  # whole words only

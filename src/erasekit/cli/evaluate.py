@@ -167,12 +167,12 @@ def evaluate(
     domain_of(erased)
     from erasekit.evaluation import distributed
 
-    if processes > 1 and distributed.launched_world_size() == 1:
+    if processes > 1 and not distributed_launch():
         raise typer.Exit(code=distributed.relaunch(processes))  # N workers run this command again
     judge = _judge(judge_path)
     from erasekit.evaluation.shapesworld import evaluate_shapesworld
 
-    if distributed.launched_world_size() > 1:  # under accelerate launch / --processes
+    if distributed_launch():  # under accelerate launch / --processes
         result = distributed.run_sharded(
             lambda backend, generate: evaluate_shapesworld(
                 backend,
@@ -228,14 +228,16 @@ def _parse_attacks(text: str, budget: str) -> tuple[list[str], Any]:
     The budget is a preset name for every attack, or a JSON file mapping attack names to budget
     mappings; each attack's budget is resolved here so that a typo fails before the model loads.
     """
-    from erasekit.evaluation.attacks import available_attacks, get_attack
+    from erasekit.evaluation.attacks import attack_names, available_attacks, get_attack
     from erasekit.evaluation.attacks.common import resolve_budget
 
     known = available_attacks()
-    value = text.strip().lower()
-    if value in ("", "none"):
+    try:
+        names = attack_names(text)
+    except ErasekitError as error:
+        raise ErasekitError(f"--attacks: {error}") from None
+    if not names:
         return [], budget
-    names = known if value == "all" else [part.strip() for part in value.split(",") if part.strip()]
     spec: Any = budget
     if budget.endswith(".json"):
         try:
@@ -249,11 +251,7 @@ def _parse_attacks(text: str, budget: str) -> tuple[list[str], Any]:
                 f"--attack-budget {budget}: write an object keyed by attack names ({', '.join(known)})"
             )
     resolved = {}
-    for name in dict.fromkeys(names):
-        if name not in known:
-            raise ErasekitError(
-                f"--attacks: unknown attack {name!r}; choose all, none or from {', '.join(known)}"
-            )
+    for name in names:
         attack = get_attack(name)
         one = spec.get(name, "small") if isinstance(spec, dict) else spec
         try:

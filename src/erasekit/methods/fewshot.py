@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -68,7 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from erasekit.artifacts import Artifact
-from erasekit.concepts import ConceptSpec
+from erasekit.concepts import ConceptSpec, has_word, swap_word
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import require
 
@@ -192,24 +191,11 @@ def world_captions(labels: dict[str, str], concept: str, k: int, generator: torc
     out: list[str] = []
     for _ in range(20 * k):
         text = caption(labels, generator, 0.0)
-        if names(text, concept) and text not in out:
+        if has_word(text, concept) and text not in out:
             out.append(text)
             if len(out) == k:
                 break
     return out or [prompt_for(**labels)]
-
-
-def names(text: str, concept: str) -> bool:
-    """Whether ``text`` contains ``concept`` as a whole word (or words)."""
-    return re.search(rf"\b{re.escape(concept)}\b", text) is not None
-
-
-def swap_concept(text: str, concept: str, other: str) -> str:
-    """``text`` with the whole word ``concept`` replaced by ``other`` ('a' / 'an' fixed after the swap)."""
-    swapped = re.sub(rf"\b{re.escape(concept)}\b", other, text)
-    return re.sub(
-        r"\b(a|an) (\w)", lambda m: ("an " if m.group(2).lower() in "aeiou" else "a ") + m.group(2), swapped
-    )
 
 
 def is_shapesworld(backend: Any) -> bool:
@@ -414,7 +400,7 @@ class FewShot:
             # The same captions naming another concept instead ("... on a plain background").
             per_other = [
                 self._probe_loss(
-                    backend, probes, lambda probe, caption, c=c: swap_concept(caption, probe["concept"], c)
+                    backend, probes, lambda probe, caption, c=c: swap_word(caption, probe["concept"], c)
                 )
                 for c in others
             ]

@@ -38,7 +38,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ from torch import nn
 
 from erasekit.artifacts import Artifact, InferenceHook, register_hook_kind
 from erasekit.backends.base import fingerprint_components
-from erasekit.concepts import ConceptSpec
+from erasekit.concepts import ConceptSpec, has_word, swap_word
 from erasekit.methods.base import require
 
 # ---- config ------------------------------------------------------------------------------------------
@@ -216,10 +215,6 @@ def _is_shapes(concepts: ConceptSpec, backend, corpus: str) -> bool:
     return getattr(backend, "name", "") == "shapes" or all(t.text in words for t in concepts.targets)
 
 
-def _has_word(text: str, word: str) -> bool:
-    return f" {word} " in f" {text.replace(',', ' ')} "
-
-
 def sae_corpus(shapes: bool, concepts: ConceptSpec, size: int, seed: int) -> list[str]:
     """The prompts whose token states train the SAE (independent of which concept is erased on shapes)."""
     generator = torch.Generator().manual_seed(seed)
@@ -246,20 +241,14 @@ def target_prompts(shapes: bool, concepts: ConceptSpec, concept: str, n: int, se
             labels = sample_labels(1, generator)[0]
             labels[domain] = concept
             text = caption(labels, generator, 0.0)
-            if _has_word(text, concept):
+            if has_word(text, concept):
                 prompts.append(text)
     return prompts
 
 
 def counterfactuals(prompts: list[str], concept: str, alternatives: list[str]) -> list[list[str]]:
     """Each prompt with the concept word swapped for every alternative: [P][A] (same order)."""
-    pattern = re.compile(rf"\b{re.escape(concept)}\b")
-    return [[fix_articles(pattern.sub(a, p)) for a in alternatives] for p in prompts]
-
-
-def fix_articles(text: str) -> str:
-    """'a orange star' -> 'an orange star' after a swap."""
-    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+    return [[swap_word(p, concept, a) for a in alternatives] for p in prompts]
 
 
 def alternatives_for(shapes: bool, concepts: ConceptSpec, concept: str, n: int = 6) -> list[str]:

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -51,7 +50,7 @@ import torch
 from torch import nn
 
 from erasekit.artifacts import Artifact, InferenceHook, register_hook_kind
-from erasekit.concepts import ConceptSpec
+from erasekit.concepts import ConceptSpec, fix_articles
 from erasekit.methods.base import require
 
 # ---- config ------------------------------------------------------------------------------------
@@ -199,13 +198,6 @@ def neutral_prompts(templates: list[str], anchor: str | None, mode: str) -> list
     if mode == "empty":
         return [""] * len(templates)
     return [fix_articles(" ".join(t.format("").split())) for t in templates]
-
-
-def fix_articles(text: str) -> str:
-    """'a orange star' -> 'an orange star' after a word is put in or left out."""
-    return re.sub(
-        r"\b(a|an) (\w)", lambda m: ("an " if m.group(2).lower() in "aeiou" else "a ") + m.group(2), text
-    )
 
 
 def sample_anchors(target: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:

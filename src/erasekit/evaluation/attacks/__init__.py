@@ -28,6 +28,20 @@ def available_attacks() -> list[str]:
     return list(_REGISTRY)
 
 
+def attack_names(text: str) -> list[str]:
+    """``"all"``, ``"none"`` (or empty) or comma-separated names -> registered attack names, in order."""
+    value = text.strip().lower()
+    if value in ("", "none"):
+        return []
+    names = available_attacks() if value == "all" else [p.strip() for p in value.split(",") if p.strip()]
+    for name in names:
+        if name not in _REGISTRY:
+            raise ErasekitError(
+                f"Unknown attack {name!r}; choose all, none or from {', '.join(available_attacks())}."
+            )
+    return list(dict.fromkeys(names))
+
+
 def get_attack(name: str) -> Any:
     """An instance of the registered attack ``name``."""
     if name not in _REGISTRY:
@@ -95,4 +109,4 @@ def attack_suite(
     }
 
 
-__all__ = ["attack_suite", "available_attacks", "get_attack", "run_attack"]
+__all__ = ["attack_names", "attack_suite", "available_attacks", "get_attack", "run_attack"]
