@@ -17,7 +17,8 @@ from torch import nn
 from erasekit.artifacts import Artifact, apply, revert
 from erasekit.backends.base import fingerprint_components
 from erasekit.errors import ErasekitError
-from erasekit.evaluation.shapesworld import build_grid, evaluate_shapesworld, score_prompt_file
+from erasekit.evaluation.prompt_file import score_prompt_file
+from erasekit.evaluation.shapesworld import build_grid, evaluate_shapesworld
 from erasekit.world import DOMAINS, SYNONYMS, render
 from erasekit.world.judge import load_judge
 

@@ -148,7 +148,7 @@ def evaluate(
             "--prompts files are scored in one process; drop --processes (or accelerate launch)"
         )
     if prompts is not None:
-        from erasekit.evaluation.shapesworld import read_prompt_file
+        from erasekit.evaluation.prompt_file import read_prompt_file
 
         read_prompt_file(prompts)  # malformed rows fail before the model loads
         judge = _judge(judge_path)
@@ -282,7 +282,7 @@ def _judge(path: Path | None) -> Any:
 
 
 def _score_prompts(model, artifacts, prompts, rows, out, steps, guidance, batch_size, judge, force, device):
-    from erasekit.evaluation.shapesworld import score_prompt_file
+    from erasekit.evaluation.prompt_file import score_prompt_file
 
     result = score_prompt_file(
         model,
