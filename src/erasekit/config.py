@@ -111,10 +111,41 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def presets_of(cls: type) -> dict[str, dict[str, Any]]:
+    """The named presets of config class ``cls`` (``PRESETS`` class variable), "default" always first.
+
+    A preset is a named set of field values (``paper``: the paper's / reference code's defaults;
+    ``shapesworld``: tuned on the shipped ShapesWorld model). The dataclass defaults are the
+    "default" preset. The chosen name is stored in the config's ``preset`` field and so in the manifest.
+    """
+    declared = dict(getattr(cls, "PRESETS", {}) or {})
+    return {"default": declared.pop("default", {}), **declared}
+
+
+def preset_values(cls: type, name: Any) -> dict[str, Any]:
+    """Field values of preset ``name`` of ``cls`` ({} for None or "default"); unknown names raise."""
+    if name is None:
+        return {}
+    presets = presets_of(cls)
+    if str(name) not in presets:
+        raise ErasekitError(
+            f"{cls.__name__} has no preset {name!r}; choose from: {', '.join(presets)} (-o preset=NAME)."
+        )
+    if "preset" not in {f.name for f in dataclasses.fields(cls)}:
+        raise ErasekitError(f"{cls.__name__} takes no presets; drop preset={name}.")
+    return dict(presets[str(name)])
+
+
 def build_config(
     cls: type, file: str | Path | None = None, overrides: list[str] | None = None, **fixed: Any
 ) -> Any:
-    """A ``cls`` instance from defaults, then a JSON file, then ``key=value`` overrides."""
+    """A ``cls`` instance from defaults, then a preset, then a JSON file, then ``key=value`` overrides.
+
+    ``preset=NAME`` (in the file, an override or ``fixed``) selects one of :func:`presets_of`; its
+    values sit under everything given explicitly, so ``-o preset=paper -o lr=1e-4`` keeps ``lr=1e-4``.
+    Build configs with presets through this function: ``Config(preset="paper")`` records the name but
+    does not apply the preset's values.
+    """
     values: dict[str, Any] = {}
     if file is not None:
         path = Path(file)
@@ -135,6 +166,7 @@ def build_config(
         key, raw = item.split("=", 1)
         values[key.strip()] = raw.strip()
     values.update(fixed)
+    values = {**preset_values(cls, values.get("preset")), **values}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in values:

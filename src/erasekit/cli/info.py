@@ -22,7 +22,7 @@ _JSON = typer.Option("--json", help="Print one JSON object instead of text.")
 def methods_table() -> dict[str, Any]:
     """Every registered method (name, paper, config fields) and every parameter target."""
     from erasekit.backends.targets import describe_targets
-    from erasekit.config import describe_config
+    from erasekit.config import describe_config, presets_of
     from erasekit.methods import available_methods, get_method
 
     rows = []
@@ -34,6 +34,7 @@ def methods_table() -> dict[str, Any]:
                 "paper": method.paper,
                 "config": method.config_cls.__name__,
                 "fields": describe_config(method.config_cls),
+                "presets": presets_of(method.config_cls),
             }
         )
     return {"methods": rows, "targets": describe_targets()}
@@ -50,6 +51,9 @@ def _human_methods(table: dict[str, Any]) -> str:
     lines = []
     for row in table["methods"]:
         lines.append(f"{row['name']}  —  {row['paper']}")
+        for preset, values in row.get("presets", {}).items():
+            settings = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "the field defaults below"
+            lines.append(f"    preset {preset}: {settings}")
         for field in row["fields"]:
             lines.append(f"    {field['name']}: {field['type']} = {field['default']!r}")
             if field["help"]:

@@ -59,6 +59,8 @@ from erasekit.methods.base import require
 
 @dataclass(frozen=True)
 class AllButOneConfig:
+    preset: str = "default"
+    """Named defaults applied under your explicit settings (-o preset=NAME): default, or another name listed by `erasekit methods` (paper: the paper's / reference code's values; shapesworld: tuned on the shipped ShapesWorld model)."""
     target: str = "cross_attn_kv"
     """Parameters edited, as backend targets joined by '+' (see `erasekit methods`)."""
     steps: int = 100

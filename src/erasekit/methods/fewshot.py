@@ -78,6 +78,8 @@ NEUTRAL_PROMPTS = ("", "a photo", "an image of something", "a picture")
 
 @dataclass(frozen=True)
 class FewShotConfig:
+    preset: str = "default"
+    """Named defaults applied under your explicit settings (-o preset=NAME): default, or another name listed by `erasekit methods` (paper: the paper's / reference code's values; shapesworld: tuned on the shipped ShapesWorld model)."""
     target: str = "text_mlp+text_attn_last"
     """Text-encoder parameters to train, as backend targets joined by '+' (see `erasekit methods`)."""
     images_dir: str | None = None

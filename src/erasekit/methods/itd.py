@@ -59,6 +59,8 @@ from erasekit.methods.base import require
 class ItDConfig:
     """Hyper-parameters of ItD (SAE asset, feature selection, gate)."""
 
+    preset: str = "default"
+    """Named defaults applied under your explicit settings (-o preset=NAME): default, or another name listed by `erasekit methods` (paper: the paper's / reference code's values; shapesworld: tuned on the shipped ShapesWorld model)."""
     layer: int | None = None
     """Text-encoder layer whose output the SAE reads (0-based); None = from layer_fraction, or the last layer of an encoder shallower than shallow_depth."""
     layer_fraction: float = 2 / 3

@@ -60,6 +60,8 @@ from erasekit.methods.base import require
 class SPMConfig:
     """Hyper-parameters of SPM (defaults tuned on ShapesWorld; public values noted in the help)."""
 
+    preset: str = "default"
+    """Named defaults applied under your explicit settings (-o preset=NAME): default, or another name listed by `erasekit methods` (paper: the paper's / reference code's values; shapesworld: tuned on the shipped ShapesWorld model)."""
     rank: int = 1
     """Adapter rank r (the paper's one-dimensional membrane is r = 1)."""
     alpha: float = 1.0

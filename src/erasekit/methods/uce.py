@@ -45,6 +45,8 @@ TARGET = "cross_attn_kv"
 
 @dataclass(frozen=True)
 class UCEConfig:
+    preset: str = "default"
+    """Named defaults applied under your explicit settings (-o preset=NAME): default, or another name listed by `erasekit methods` (paper: the paper's / reference code's values; shapesworld: tuned on the shipped ShapesWorld model)."""
     erase_scale: float = 1.0
     """η_e: weight of the erase terms in eq. 7 (> 0)."""
     preserve_scale: float = 1.0
