@@ -14,6 +14,8 @@ _REGISTRY: dict[str, str] = {
     "itd": "erasekit.methods.itd:ItD",
     "fewshot": "erasekit.methods.fewshot:FewShot",
     "abo": "erasekit.methods.abo:AllButOne",
+    "ear": "erasekit.methods.ear:EAR",
+    "esd_ar": "erasekit.methods.ear:ESDAR",
 }
 
 

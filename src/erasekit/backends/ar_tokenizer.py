@@ -1,0 +1,112 @@
+"""Prompt layout of an autoregressive image-token model: a word tokenizer and the Janus-Pro row layout.
+
+A prompt becomes a fixed-length row ``[BOS] w_1 .. w_n [PAD]* [BOI]`` (``prompt_len`` tokens), then the
+model generates ``grid²`` image tokens. The unconditional row of classifier-free guidance keeps BOS and
+BOI and replaces everything between by PAD, as Janus-Pro's ``generation_inference.py`` does
+(``tokens[1::2, 1:-1] = pad_id``). A fixed layout puts the first image token at the same position for
+every prompt, so conditional and unconditional rows share positions and a batch needs no attention mask.
+
+The vocabulary is one table: special tokens, then words, then the image codes
+(``image_offset + code``). The model's next-token logits are sliced to the image-code range.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from erasekit.errors import ErasekitError
+
+SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<boi>", "<unk>")
+_WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+
+
+@dataclass(frozen=True)
+class WordTokenizer:
+    """Lower-cased word-level tokenizer with a fixed row layout (see the module docstring)."""
+
+    words: tuple[str, ...]
+    """The word vocabulary (after the special tokens)."""
+    prompt_len: int = 24
+    """Tokens per prompt row, BOS and BOI included."""
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def bos_id(self) -> int:
+        return 1
+
+    @property
+    def boi_id(self) -> int:
+        return 2
+
+    @property
+    def unk_id(self) -> int:
+        return 3
+
+    @property
+    def image_offset(self) -> int:
+        """Id of image code 0."""
+        return len(SPECIALS) + len(self.words)
+
+    @property
+    def max_words(self) -> int:
+        return self.prompt_len - 2
+
+    def _index(self) -> dict[str, int]:
+        return {w: i + len(SPECIALS) for i, w in enumerate(self.words)}
+
+    def split(self, prompt: str) -> list[str]:
+        return _WORD.findall(prompt.lower())
+
+    def encode(self, prompt: str) -> list[int]:
+        """Word ids of ``prompt`` (unknown words -> ``<unk>``)."""
+        index = self._index()
+        return [index.get(w, self.unk_id) for w in self.split(prompt)]
+
+    def rows(self, prompts: Sequence[str], *, uncond: bool = False) -> torch.Tensor:
+        """Prompt rows [N, prompt_len] (long). ``uncond=True`` gives the CFG unconditional rows.
+
+        Raises:
+            ErasekitError: a prompt has more words than fit.
+        """
+        out = torch.full((len(prompts), self.prompt_len), self.pad_id, dtype=torch.long)
+        out[:, 0] = self.bos_id
+        out[:, -1] = self.boi_id
+        if uncond:
+            return out
+        for i, p in enumerate(prompts):
+            ids = self.encode(p)
+            if len(ids) > self.max_words:
+                raise ErasekitError(
+                    f"prompt {p!r} has {len(ids)} words; this model takes at most {self.max_words}, shorten it."
+                )
+            out[i, 1 : 1 + len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "type": "word",
+            "words": list(self.words),
+            "prompt_len": self.prompt_len,
+            "specials": list(SPECIALS),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WordTokenizer:
+        if data.get("type") != "word" or list(data.get("specials", [])) != list(SPECIALS):
+            raise ErasekitError("unsupported AR tokenizer description; expected the erasekit word tokenizer.")
+        return cls(words=tuple(data["words"]), prompt_len=int(data["prompt_len"]))
+
+
+def build_vocabulary(texts: Sequence[str]) -> tuple[str, ...]:
+    """Sorted unique words of ``texts`` (how the ShapesWorld-AR vocabulary is made)."""
+    words: set[str] = set()
+    for t in texts:
+        words.update(_WORD.findall(t.lower()))
+    return tuple(sorted(words))
