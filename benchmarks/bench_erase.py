@@ -42,7 +42,8 @@ def _rss_bytes() -> int:
 
 def load_model(model: str):
     """An erasekit backend for ``model`` (tiny, sd14-shaped, shapes or a diffusers folder)."""
-    from erasekit.backends.sd import SDBackend, load_backend
+    from erasekit.backends.sd import SDBackend
+    from erasekit.zoo import load_model as load_backend
 
     if model == "sd14-shaped":
         from erasekit.backends.tiny import build_sd14_shaped_pipeline

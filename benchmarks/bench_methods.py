@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    from erasekit.backends.sd import load_backend
     from erasekit.evaluation.attacks import attack_names
     from erasekit.evaluation.shapesworld import evaluate_shapesworld
+    from erasekit.zoo import load_model as load_backend
 
     attacks = attack_names(args.attacks)
     overrides = parse_overrides(args.override)

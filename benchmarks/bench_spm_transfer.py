@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from erasekit.artifacts import apply, environment_versions, now_iso, revert
-from erasekit.backends.sd import SDBackend, load_backend
+from erasekit.backends.sd import SDBackend
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config, config_to_dict
 from erasekit.errors import ErasekitError
@@ -38,6 +38,7 @@ from erasekit.evaluation.generate import generate_rows
 from erasekit.evaluation.shapesworld import build_grid, default_sampling, score_run
 from erasekit.methods import get_method, run_method
 from erasekit.world import caption, render_labels, sample_labels
+from erasekit.zoo import load_model as load_backend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods import concept_spec  # noqa: E402  (the same concept spec as the methods benchmark)

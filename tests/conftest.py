@@ -18,7 +18,7 @@ torch.set_num_threads(int(os.environ.get("ERASEKIT_TEST_THREADS", "1")))
 @pytest.fixture
 def tiny_backend():
     """A fresh tiny SD backend (random seeded weights, real CLIP tokenizer); cheap to build."""
-    from erasekit.backends.sd import load_backend
+    from erasekit.zoo import load_model as load_backend
 
     return load_backend("tiny")
 

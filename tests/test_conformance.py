@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from erasekit.artifacts import Artifact, apply, revert
-from erasekit.backends.sd import load_backend
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config, config_to_dict, describe_config
 from erasekit.errors import ErasekitError
 from erasekit.methods import available_methods, get_method, run_method
+from erasekit.zoo import load_model as load_backend
 
 DEFAULT_SMOKE_CONCEPTS: dict[str, Any] = {"concepts": ["star"]}
 SEED = 1234
@@ -50,14 +50,22 @@ def _smoke_spec(method) -> ConceptSpec:
 def _output_for(backend, prompts: list[str]) -> torch.Tensor:
     """The denoiser's predictions for ``prompts`` at a fixed latent and timestep (text encoding included)."""
     with torch.no_grad():
+        if backend.kind == "ar":  # AR models: next-image-token logits over a fixed token history
+            codes = torch.arange(backend.num_image_tokens).repeat(len(prompts), 1) % backend.codebook_size
+            return backend.next_token_logits(backend.prompt_rows(prompts), codes)
         latents = backend.initial_latents([7] * len(prompts))
         return backend.predict_noise(latents, 500, backend.encode_prompts(prompts))
 
 
 @pytest.fixture(scope="module", params=available_methods())
 def run(request) -> Run:
-    backend = load_backend("tiny")  # what the tiny_backend fixture builds, shared by this module's tests
     method = get_method(request.param)
+    if getattr(method, "backend_kind", "sd") == "ar":  # EAR / ESD-AR: the tiny AR model built in code
+        from erasekit.backends.ar import build_tiny_ar_backend
+
+        backend = build_tiny_ar_backend()
+    else:
+        backend = load_backend("tiny")  # what the tiny_backend fixture builds, shared by this module's tests
     concepts = _smoke_spec(method)
     config = build_config(method.config_cls, None, list(method.smoke_overrides))
     before = _snapshot(backend)

@@ -9,9 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from erasekit.artifacts import Artifact
-from erasekit.backends.sd import load_backend
 from erasekit.cli.app import app
 from erasekit.cli.main import _register
+from erasekit.zoo import load_model as load_backend
 
 _register()
 runner = CliRunner()

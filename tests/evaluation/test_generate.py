@@ -172,7 +172,7 @@ def test_shards_merge_to_the_single_process_result(tiny_backend, tmp_path):
 _CHILD = """
 import sys, torch
 torch.set_num_threads(1)
-from erasekit.backends.sd import load_backend
+from erasekit.zoo import load_model as load_backend
 from erasekit.evaluation.generate import generate_rows
 rows = [{"id": f"k{i:03d}", "prompt": ["a red star", "a blue ring"][i % 2], "seed": i} for i in range(16)]
 generate_rows(load_backend("tiny"), rows, sys.argv[1], steps=2, guidance=3.0, batch_size=1, progress=False)

@@ -104,8 +104,14 @@ def test_images_dir_and_shapesworld_renders(tiny_backend, tmp_path):
     with pytest.raises(ErasekitError, match="No PNG/JPG"):
         erase(tiny_backend, ["epochs=1", f"images_dir={tmp_path / 'empty'}"])
 
-    tiny_backend.name = "shapes"  # the renderer supplies real images on ShapesWorld
-    report = erase(tiny_backend, ["epochs=1"], ConceptSpec.from_lists(["star"])).manifest["training"]
+    from erasekit.world.source import ShapesWorldSource
+
+    # The model's data source supplies real images when it can render the concept (ShapesWorld can).
+    previous, tiny_backend.data_source = getattr(tiny_backend, "data_source", None), ShapesWorldSource()
+    try:
+        report = erase(tiny_backend, ["epochs=1"], ConceptSpec.from_lists(["star"])).manifest["training"]
+    finally:
+        tiny_backend.data_source = previous
     assert report["image_source"] == ["shapesworld"]
 
 
@@ -121,15 +127,14 @@ def test_bad_inputs_raise_one_line_errors(tiny_backend):
 
 def test_shapesworld_renders_are_captioned_truthfully_and_the_mismatch_swaps_the_concept():
     from erasekit.concepts import swap_word
-    from erasekit.methods.fewshot import render_world_images, world_captions
     from erasekit.world import domain_of
+    from erasekit.world.source import ShapesWorldSource
 
     generator = torch.Generator().manual_seed(0)
     for concept in ("heart", "blue", "dotted"):
-        images, labels = render_world_images(concept, 4, 32, generator)
+        images, labels, all_captions = ShapesWorldSource().labelled_images(concept, 4, 32, generator)
         assert images.shape == (4, 3, 32, 32) and all(lab[domain_of(concept)] == concept for lab in labels)
-        for label in labels:
-            captions = world_captions(label, concept, 4, generator)
+        for label, captions in zip(labels, all_captions):
             assert captions and all(concept in re.findall(r"\w+", c) for c in captions)
             # every attribute a caption names is the render's own (no template's fixed "a green {}")
             words = {w for c in captions for w in re.findall(r"\w+", c)}

@@ -113,9 +113,18 @@ def test_threshold_between_distributions_is_below_the_public_minimum():
 
 
 def test_multi_concept_is_the_union_of_feature_sets_and_the_sae_is_cached(tiny_backend, tmp_path):
-    star = _erase(tiny_backend, tmp_path, ["star"])
-    red = _erase(tiny_backend, tmp_path, ["red"])
-    both = _erase(tiny_backend, tmp_path, ["star", "red"])
+    from erasekit.world.source import ShapesWorldSource
+
+    # With a data source that knows the concepts, the SAE corpus is the source's captions, which do
+    # not depend on the erased concept: one SAE serves every erasure of this encoder.
+    previous, tiny_backend.data_source = getattr(tiny_backend, "data_source", None), ShapesWorldSource()
+    try:
+        star = _erase(tiny_backend, tmp_path, ["star"])
+        red = _erase(tiny_backend, tmp_path, ["red"])
+        both = _erase(tiny_backend, tmp_path, ["star", "red"])
+    finally:
+        tiny_backend.data_source = previous
+    assert star.manifest["training"]["sae"]["corpus"] == "shapesworld"
     assert not star.manifest["training"]["sae"]["cached"]
     assert red.manifest["training"]["sae"]["cached"] and both.manifest["training"]["sae"]["cached"]
     assert torch.equal(star.tensors["hooks/0/W_dec"], both.tensors["hooks/0/W_dec"])

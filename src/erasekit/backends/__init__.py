@@ -10,7 +10,10 @@ __all__ = ["DiffusionBackend", "split_targets", "load_backend"]
 
 
 def load_backend(model: str, **kwargs):
-    """Load ``model`` (``shapes``, ``tiny``, a folder, a .safetensors file, a cached hub id)."""
-    from erasekit.backends.sd import load_backend as _load
+    """Load ``model`` with its data source: a zoo name (``tiny``, ``shapes``), a folder, a file, a hub id.
 
-    return _load(model, **kwargs)
+    The same as :func:`erasekit.zoo.load_model` (the zoo resolves names; backends know no world).
+    """
+    from erasekit.zoo import load_model
+
+    return load_model(model, **kwargs)

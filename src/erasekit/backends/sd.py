@@ -251,14 +251,11 @@ def _from_folder(path: Path) -> StableDiffusionPipeline:
 
 
 def load_pipeline(model: str, *, allow_pickle: bool = False) -> StableDiffusionPipeline:
-    """Load an SD 1.x/2.x pipeline from ``shapes``, ``tiny``, a folder, a single file or a cached hub id.
+    """Load an SD 1.x/2.x pipeline from ``tiny``, a folder, a single file or a cached hub id.
 
-    Never touches the network: hub ids load only from the local Hugging Face cache.
+    Never touches the network: hub ids load only from the local Hugging Face cache. Named models
+    (``shapes``) are resolved by :mod:`erasekit.zoo` (``erasekit.zoo.load_pipeline``).
     """
-    if model == "shapes":
-        from erasekit.world.model import SHIPPED_MODEL_DIR
-
-        return _from_folder(Path(SHIPPED_MODEL_DIR))
     if model == "tiny":
         from erasekit.backends.tiny import build_tiny_pipeline
 
@@ -294,7 +291,7 @@ def load_pipeline(model: str, *, allow_pickle: bool = False) -> StableDiffusionP
             ) from error
         return pipe
     raise ErasekitError(
-        f"Model {model!r} not found; pass `shapes`, `tiny`, a diffusers folder, a .safetensors file or a cached hub id."
+        f"Model {model!r} not found; pass a model name (`erasekit env` lists them), a diffusers folder, a .safetensors file or a cached hub id."
     )
 
 
@@ -317,9 +314,17 @@ def check_device(device: str) -> None:
 
 
 def load_backend(
-    model: str, *, allow_pickle: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32
+    model: str,
+    *,
+    allow_pickle: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    name: str | None = None,
 ) -> SDBackend:
-    """Load a model by name (see :func:`load_pipeline`) and wrap it as a :class:`SDBackend`."""
+    """Load a model (see :func:`load_pipeline`) and wrap it as a :class:`SDBackend` named ``name``.
+
+    Named models and their data sources come from :func:`erasekit.zoo.load_model`.
+    """
     check_device(device)
     pipe = load_pipeline(model, allow_pickle=allow_pickle)
     # Shipped weights may be stored in float16 (e.g. ShapesWorld's text encoder); compute in ``dtype``.
@@ -327,4 +332,4 @@ def load_backend(
     if any(p.dtype != dtype or str(p.device) != device for p in parts):
         pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
-    return SDBackend(pipe, name=model)
+    return SDBackend(pipe, name=name or model)

@@ -79,8 +79,8 @@ def attack(
     resolved = resolve_budget(attack_obj.budget_cls, attack_obj.budgets, budget_spec)  # fail before loading
     artifacts = [(path, Artifact.load(path)) for path in artifact or []]
 
-    from erasekit.backends.sd import load_backend
     from erasekit.world.judge import load_judge
+    from erasekit.zoo import load_model as load_backend
 
     judge = load_judge(judge_path)
     backend = load_backend(model, device=device)

@@ -67,6 +67,14 @@ def erase(
         Path | None,
         typer.Option("--images", help="Folder of example images, for methods that learn from images."),
     ] = None,
+    retain: Annotated[
+        Path | None,
+        typer.Option(
+            "--retain",
+            help="File of prompts whose images must stay (.txt one per line, .csv prompt column, .jsonl); replaces the model's own retain source.",
+            show_default=False,
+        ),
+    ] = None,
     allow_pickle: Annotated[
         bool,
         typer.Option("--allow-pickle", help="Allow loading a pickled .ckpt/.bin model (runs its code!)."),
@@ -74,7 +82,12 @@ def erase(
     device: Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1 ...")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
-    """Erase concepts from a model with METHOD and save the result as an artifact."""
+    """Erase concepts from a model with METHOD and save the result as an artifact.
+
+    What you leave out (preserve concepts, prompt templates, retain prompts) comes from the model's
+    data source (ShapesWorld's captions for `shapes`, packaged COCO captions for other SD models) or
+    from --retain; the manifest records what was filled in and from where.
+    """
     from erasekit.concepts import ConceptSpec
     from erasekit.config import build_config
     from erasekit.methods import get_method
@@ -90,6 +103,10 @@ def erase(
             raise ErasekitError(f"Images folder {images} not found; pass a folder of example images.")
         fixed[IMAGES_FIELD] = str(images)
     method_config = build_config(method_obj.config_cls, config, override or [], **fixed)
+    if retain is not None:
+        from erasekit.sources import read_captions
+
+        read_captions(retain)  # a bad file fails here, before the model loads
     if out.is_dir():
         raise ErasekitError(
             f"--out {out} is a folder; pass a path stem such as {out / 'erased'} (writes .safetensors + .json)."
@@ -97,10 +114,10 @@ def erase(
 
     import torch
 
-    from erasekit.backends import load_backend
     from erasekit.methods import run_method
+    from erasekit.zoo import load_model
 
-    backend = load_backend(model, allow_pickle=allow_pickle, device=device)
+    backend = load_model(model, retain=retain, allow_pickle=allow_pickle, device=device)
     artifact = run_method(method_obj, backend, concepts, method_config, seed=seed)
     try:
         tensor_path = artifact.save(out)
@@ -123,6 +140,8 @@ def erase(
         "hooks": len(artifact.manifest.get("hooks", [])),
         "edited_values": int(sum(t.numel() for t in artifact.tensors.values())),
         "torch_threads": torch.get_num_threads(),
+        "data_source": artifact.manifest.get("data_source", {}).get("name"),
+        "completed_from_source": artifact.manifest["concepts"].get("completed", []),
     }
     emit(summary, as_json, _human)
 
@@ -134,4 +153,9 @@ def _human(s: dict) -> str:
         f"(peak memory {s['peak_memory_bytes'] / 2**20:.1f} MiB)\n"
         f"artifact: {s['artifact']} ({s['artifact_bytes'] / 2**20:.2f} MiB; {edits})\n"
         f"manifest: {s['manifest']}"
+        + (
+            f"\nfrom the model's data source ({s['data_source']}): {', '.join(s['completed_from_source'])}"
+            if s.get("completed_from_source")
+            else ""
+        )
     )

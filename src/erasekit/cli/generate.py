@@ -89,7 +89,7 @@ def generate(
     from PIL import Image
     from tqdm import tqdm
 
-    from erasekit.backends import load_backend
+    from erasekit.zoo import load_model as load_backend
 
     backend = load_backend(model, allow_pickle=allow_pickle, device=device)
     if steps is None or guidance is None:

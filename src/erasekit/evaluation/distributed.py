@@ -194,7 +194,7 @@ def run_sharded(
         ``evaluate``'s result on the main process; None on the others.
     """
     from erasekit.artifacts import Artifact
-    from erasekit.backends.sd import load_backend
+    from erasekit.zoo import load_model as load_backend
 
     state = _state(device)
     process_device = str(state.device) if device != "cpu" else "cpu"

@@ -169,7 +169,7 @@ def score_run(judge: Any, rows: Sequence[dict], folder: Path, erased: str, seed:
 def _load_backend(model: Any, device: str = "cpu") -> Any:
     if not isinstance(model, str):
         return model
-    from erasekit.backends.sd import load_backend
+    from erasekit.zoo import load_model as load_backend
 
     backend = load_backend(model, device=device)
     # Weights stored in float16 may load as float16 next to a float32 UNet; compute in the UNet's dtype.
@@ -220,15 +220,11 @@ def default_sampling(backend: Any) -> tuple[int, float]:
     The shipped model (``"shapes"``) and folders trained by ``erasekit world train`` record them under
     ``"sampling"`` in ``erasekit_manifest.json``.
     """
-    from erasekit.world.model import (
-        DEFAULT_GUIDANCE_SCALE,
-        DEFAULT_NUM_INFERENCE_STEPS,
-        SHIPPED_MODEL_DIR,
-        read_manifest,
-    )
+    from erasekit.world.model import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, read_manifest
+    from erasekit.zoo import resolve
 
     name = getattr(backend, "name", None)
-    folder = SHIPPED_MODEL_DIR if name == "shapes" else Path(name) if isinstance(name, str) else None
+    folder = Path(resolve(name)) if isinstance(name, str) else None
     sampling = {}
     if folder is not None and folder.is_dir():
         sampling = read_manifest(folder).get("sampling") or {}
@@ -296,7 +292,7 @@ def evaluate_shapesworld(
     """Run the ShapesWorld protocol for ``erased`` on ``model`` with ``artifacts`` applied, and on the base.
 
     Args:
-        model: A backend, or a model name for :func:`~erasekit.backends.sd.load_backend`
+        model: A backend, or a model name for :func:`~erasekit.zoo.load_model`
             (``"shapes"``, ``"tiny"``, a folder). It must not have artifacts applied already.
         artifacts: :class:`~erasekit.artifacts.Artifact` objects or paths; stacked in order. None →
             the model is evaluated as is (the "erased" numbers then equal the base numbers).

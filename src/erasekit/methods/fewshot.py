@@ -48,9 +48,10 @@ Defaults are tuned on ShapesWorld (a 3-layer, width-128 encoder trained from scr
 batch 4, up to 24 steps (erasing "star", which the loss bound does not stop, 16 steps left UA at 0.94
 and 24 reached 1.0 at 5.8 s on one CPU thread); the paper's SD 1.5 settings are lr 1e-5, batch 2, 5 epochs of ~4 images.
 
-Zero-shot (no images): ``zero_shot=generate`` samples the images from the model itself with the
-concept's prompts; ``zero_shot=error`` raises. On ShapesWorld (backend name ``shapes``, or a folder with
-the ShapesWorld manifest) the world's renderer supplies real images of the concept when none are given.
+Zero-shot (no images): when the model's data source (``backend.data_source``, see erasekit.sources)
+renders images of the concept — ShapesWorld's does — those truthfully captioned images are used;
+otherwise ``zero_shot=generate`` samples them from the model itself with the concept's prompts and
+``zero_shot=error`` raises.
 
 The artifact holds delta tensors of the changed text-encoder parameters; the UNet is untouched.
 """
@@ -67,9 +68,10 @@ import torch
 import torch.nn.functional as F
 
 from erasekit.artifacts import Artifact
-from erasekit.concepts import ConceptSpec, has_word, swap_word
+from erasekit.concepts import ConceptSpec, swap_word
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import require
+from erasekit.sources import source_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Prompts whose encoding the trust region watches besides the preserve list.
@@ -164,53 +166,6 @@ def load_images(folder: Path, limit: int, size: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def render_world_images(
-    concept: str, n: int, size: int, generator: torch.Generator
-) -> tuple[torch.Tensor, list[dict[str, str]]]:
-    """``n`` ShapesWorld renders that show ``concept``, other attributes drawn at random, and their labels."""
-    from erasekit.world import COLORS, SHAPES, STYLES, domain_of, render
-
-    domain = domain_of(concept)
-
-    def draw(options: tuple[str, ...]) -> list[str]:
-        return [options[i] for i in torch.randint(len(options), (n,), generator=generator).tolist()]
-
-    shapes, colors, styles = draw(SHAPES), draw(COLORS), draw(STYLES)
-    if domain == "shape":
-        shapes = [concept] * n
-    elif domain == "color":
-        colors = [concept] * n
-    else:
-        styles = [concept] * n
-    labels = [{"shape": a, "color": b, "style": c} for a, b, c in zip(shapes, colors, styles)]
-    return render(shapes, colors, styles, size=size, generator=generator), labels
-
-
-def world_captions(labels: dict[str, str], concept: str, k: int, generator: torch.Generator) -> list[str]:
-    """``k`` true captions of one render (the world's caption styles) that all name ``concept``."""
-    from erasekit.world import caption, prompt_for
-
-    out: list[str] = []
-    for _ in range(20 * k):
-        text = caption(labels, generator, 0.0)
-        if has_word(text, concept) and text not in out:
-            out.append(text)
-            if len(out) == k:
-                break
-    return out or [prompt_for(**labels)]
-
-
-def is_shapesworld(backend: Any) -> bool:
-    """The backend is a ShapesWorld model: named ``shapes``, or loaded from a folder with its manifest."""
-    name = str(getattr(backend, "name", ""))
-    if name == "shapes":
-        return True
-    from erasekit.world.model import MANIFEST_NAME
-
-    manifest = Path(name) / MANIFEST_NAME
-    return manifest.is_file() and "ShapesWorld" in manifest.read_text(errors="ignore")[:4096]
-
-
 def augmented_views(
     images: torch.Tensor, views: int, mode: str, crop_scale: float, generator: torch.Generator
 ) -> torch.Tensor:
@@ -250,15 +205,25 @@ class FewShot:
         "generate_steps=2",
     )
 
-    def erase(self, backend: Any, concepts: ConceptSpec, config: FewShotConfig) -> Artifact:
+    def erase(
+        self,
+        backend: Any,
+        concepts: ConceptSpec,
+        config: FewShotConfig,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Artifact:
         params = backend.parameters_for(config.target)
         outside = [n for n in params if not n.startswith("text_encoder.")]
         if outside:
             raise ErasekitError(
                 f"fewshot trains the text encoder only, but target {config.target!r} selects {outside[0]}; pick text_* targets."
             )
-        generator = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,))))
-        rng = random.Random(int(torch.randint(2**31 - 1, (1,))))
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        # Two streams from the run's generator: tensors draw from `generator`, list choices from `rng`.
+        rng = random.Random(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+        generator = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
         data = [self._concept_latents(backend, concepts, t.text, config, generator) for t in concepts.targets]
 
         originals = {n: p.detach().clone() for n, p in params.items()}
@@ -305,13 +270,16 @@ class FewShot:
                     f"Several concepts but no subfolder {sub.name!r} in {folder}; give one subfolder of images per concept."
                 )
             images = load_images(folder, config.num_images, size)
-        elif is_shapesworld(backend):
-            images, labels = render_world_images(concept, config.num_images, size, generator)
-            source = "shapesworld"
-            # Each render is captioned truthfully: a template's fixed other attributes ("a green {}")
-            # would contradict the render's own and make every caption worse than none (measured: the
-            # concept's loss above the empty prompt's), so the ascent would mostly unlearn those words.
-            captions = [world_captions(label, concept, 4, generator) for label in labels]
+        elif (
+            world := source_of(backend).concept_images(concept, config.num_images, size, generator)
+        ) is not None:
+            # The model's data source renders real images of the concept, each with true captions
+            # (ShapesWorld: the world's captions of each render's own labels). Templates that fix the
+            # other attributes ("a green {}") would contradict the images and make every caption worse
+            # than none (measured: the concept's loss above the empty prompt's), so the ascent would
+            # mostly unlearn those words.
+            images, captions = world
+            source = source_of(backend).name
         elif config.zero_shot == "error":
             raise ErasekitError(
                 "fewshot needs images of the concept; pass --images DIR (or zero_shot=generate to sample them)."
@@ -413,7 +381,11 @@ class FewShot:
         reference = {"mismatch": loss_mismatch, "uncond": loss_uncond, "initial": loss_initial}.get(rule)
         ceiling = config.stop_factor * reference if reference is not None else math.inf
 
-        neutral = list(NEUTRAL_PROMPTS) + [p for c in concepts.preserve for p in concepts.prompts(c)]
+        neutral = (
+            list(NEUTRAL_PROMPTS)
+            + [p for c in concepts.preserve for p in concepts.prompts(c)]
+            + list(concepts.retain)
+        )
         with torch.no_grad():
             neutral_ref = backend.encode_prompts(neutral)
             neutral_norm = neutral_ref.flatten(1).norm(dim=1).clamp_min(1e-8)

@@ -49,8 +49,9 @@ from torch import nn
 
 from erasekit.artifacts import Artifact, InferenceHook, register_hook_kind
 from erasekit.backends.base import fingerprint_components
-from erasekit.concepts import ConceptSpec, has_word, swap_word
+from erasekit.concepts import ConceptSpec, swap_word
 from erasekit.methods.base import require
+from erasekit.sources import DataSource, source_of
 
 # ---- config ------------------------------------------------------------------------------------------
 
@@ -81,8 +82,8 @@ class ItDConfig:
     """α_aux: weight of the dead-latent auxiliary loss (Gao et al. 2024)."""
     dead_steps: int = 100
     """A latent that has not fired for this many steps counts as dead for the auxiliary loss."""
-    corpus: Literal["auto", "shapes", "templates"] = "auto"
-    """SAE / retain prompt corpus: ShapesWorld captions, or templates × concepts + a generic list; auto picks shapes for ShapesWorld concepts."""
+    corpus: Literal["auto", "source", "templates"] = "auto"
+    """SAE / retain prompt corpus: the model's data source (its own captions, e.g. ShapesWorld's), or templates × concepts + a generic list; auto uses the source when it knows the concepts."""
     corpus_size: int = 3000
     """Prompts in the SAE corpus."""
     cache_dir: str = "~/.cache/erasekit/sae"
@@ -208,22 +209,27 @@ GENERIC_TEMPLATES: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _is_shapes(concepts: ConceptSpec, backend, corpus: str) -> bool:
-    if corpus != "auto":
-        return corpus == "shapes"
-    from erasekit.world import all_concepts
+def corpus_source(concepts: ConceptSpec, backend, corpus: str) -> DataSource | None:
+    """The model's data source when ItD should draw its prompts from it, else None (templates).
 
-    words = set(all_concepts())
-    return getattr(backend, "name", "") == "shapes" or all(t.text in words for t in concepts.targets)
+    ``auto`` uses the source when it knows every target concept (it has related concepts for them):
+    on the shipped ShapesWorld model that is the world's captions; a real model's caption set knows no
+    concepts, so ItD keeps to its templates there.
+    """
+    if corpus == "templates":
+        return None
+    source = source_of(backend)
+    if corpus == "source":
+        return source
+    known = all(source.related_concepts(t.text) for t in concepts.targets)
+    return source if known else None
 
 
-def sae_corpus(shapes: bool, concepts: ConceptSpec, size: int, seed: int) -> list[str]:
-    """The prompts whose token states train the SAE (independent of which concept is erased on shapes)."""
+def sae_corpus(source: DataSource | None, concepts: ConceptSpec, size: int, seed: int) -> list[str]:
+    """The prompts whose token states train the SAE (independent of the erased concept with a source)."""
+    if source is not None:
+        return source.corpus(size, seed=seed)
     generator = torch.Generator().manual_seed(seed)
-    if shapes:
-        from erasekit.world import caption, sample_labels
-
-        return [caption(labels, generator, 0.13) for labels in sample_labels(size, generator, p_no_shape=0.1)]
     words = list(GENERIC_WORDS) + concepts.erase_texts + list(concepts.preserve)
     templates = list(GENERIC_TEMPLATES) + list(concepts.templates)
     prompts = [t.format(w) for t in templates for w in words]
@@ -231,20 +237,13 @@ def sae_corpus(shapes: bool, concepts: ConceptSpec, size: int, seed: int) -> lis
     return [prompts[i] for i in order][:size] if size < len(prompts) else prompts
 
 
-def target_prompts(shapes: bool, concepts: ConceptSpec, concept: str, n: int, seed: int) -> list[str]:
-    """Prompts that contain ``concept``: the spec's templates (+ ShapesWorld captions featuring it)."""
+def target_prompts(
+    source: DataSource | None, concepts: ConceptSpec, concept: str, n: int, seed: int
+) -> list[str]:
+    """Prompts that contain ``concept``: the spec's templates (+ the source's captions naming it)."""
     prompts = concepts.prompts(concept) + [t.format(concept) for t in GENERIC_TEMPLATES[:4]]
-    if shapes:
-        from erasekit.world import caption, domain_of, sample_labels
-
-        generator = torch.Generator().manual_seed(seed)
-        domain = domain_of(concept)
-        while len(prompts) < n:
-            labels = sample_labels(1, generator)[0]
-            labels[domain] = concept
-            text = caption(labels, generator, 0.0)
-            if has_word(text, concept):
-                prompts.append(text)
+    if source is not None and len(prompts) < n:
+        prompts += source.concept_prompts(concept, n - len(prompts), seed=seed)
     return prompts
 
 
@@ -253,33 +252,25 @@ def counterfactuals(prompts: list[str], concept: str, alternatives: list[str]) -
     return [[swap_word(p, concept, a) for a in alternatives] for p in prompts]
 
 
-def alternatives_for(shapes: bool, concepts: ConceptSpec, concept: str, n: int = 6) -> list[str]:
-    """Concepts to contrast ``concept`` with: its ShapesWorld domain, else the preserve set or generic words."""
+def alternatives_for(source: DataSource | None, concepts: ConceptSpec, concept: str, n: int = 6) -> list[str]:
+    """Concepts to contrast ``concept`` with: the source's of its kind, else the preserve set or generic words."""
     erased = set(concepts.erase_texts)
-    if shapes:
-        from erasekit.world import DOMAINS, domain_of
-
-        pool = [c for c in DOMAINS[domain_of(concept)] if c not in erased]
-    else:
+    pool = [c for c in source.same_kind_concepts(concept) if c not in erased] if source is not None else []
+    if not pool:
         pool = [c for c in concepts.preserve if c not in erased] or [
             w for w in GENERIC_WORDS if w not in erased
         ]
     return pool[:n] if len(pool) > n else pool
 
 
-def retain_prompts(shapes: bool, concepts: ConceptSpec, n: int, seed: int) -> list[str]:
-    """Prompts without any erased concept: world captions (or the generic list) + preserved concepts."""
+def retain_prompts(source: DataSource | None, concepts: ConceptSpec, n: int, seed: int) -> list[str]:
+    """Prompts without any erased concept: preserved concepts, the spec's retain prompts, then the
+    source's retain prompts (or the generic list without a source)."""
     erased = concepts.erase_texts
-    prompts = [p for c in concepts.preserve for p in concepts.prompts(c)]
-    if shapes:
-        from erasekit.world import caption, domain_of, sample_labels
-
-        generator = torch.Generator().manual_seed(seed)
-        while len(prompts) < n:
-            labels = sample_labels(1, generator, p_no_shape=0.1)[0]
-            if any(labels.get(domain_of(c)) == c for c in erased):
-                continue
-            prompts.append(caption(labels, generator, 0.13))
+    prompts = [p for c in concepts.preserve for p in concepts.prompts(c)] + list(concepts.retain)
+    if source is not None:
+        if len(prompts) < n:
+            prompts += source.retain_prompts(n - len(prompts), avoid=erased, seed=seed)
     else:
         words = [w for w in GENERIC_WORDS if w not in erased]
         prompts += [t.format(w) for t in GENERIC_TEMPLATES for w in words]
@@ -440,6 +431,9 @@ class ItD:
         "n_target_prompts=8",
         "min_target_rate=0.1",
         "max_retain_rate=0.5",
+        # A random encoder's features are not concept-specific (retain prompts outscore the targets),
+        # so the between-threshold gates nothing there; the public minimum-over-targets gate acts.
+        "threshold=min_target",
     )
 
     def resolve_layer(self, backend, config: ItDConfig) -> int:
@@ -457,7 +451,7 @@ class ItD:
     def sae_for(self, backend, concepts: ConceptSpec, config: ItDConfig, layer: int) -> tuple[dict, dict]:
         """The cached SAE for this text encoder and layer (trained and saved on first use)."""
         layer_name = backend.text_layer_module(layer)
-        shapes = _is_shapes(concepts, backend, config.corpus)
+        source = corpus_source(concepts, backend, config.corpus)
         settings = {
             "layer": layer,
             "expansion": config.expansion,
@@ -467,10 +461,10 @@ class ItD:
             "lr": config.sae_lr,
             "aux_weight": config.aux_weight,
             "dead_steps": config.dead_steps,
-            "corpus": "shapes" if shapes else "templates",
+            "corpus": source.name if source is not None else "templates",
             "corpus_size": config.corpus_size,
-            # the template corpus depends on the concepts; the ShapesWorld one does not
-            "words": [] if shapes else sorted(concepts.erase_texts + list(concepts.preserve)),
+            # the template corpus depends on the concepts; a source's does not
+            "words": [] if source is not None else sorted(concepts.erase_texts + list(concepts.preserve)),
         }
         encoder_fp = fingerprint_components({"text_encoder": backend.components["text_encoder"]})
         key = hashlib.sha256(json.dumps([encoder_fp, settings], sort_keys=True).encode()).hexdigest()[:20]
@@ -478,7 +472,7 @@ class ItD:
         if path.is_file():
             tensors = load_file(os.fspath(path))
             return tensors, {"path": str(path), "cached": True, **settings}
-        prompts = sae_corpus(shapes, concepts, config.corpus_size, seed=0)
+        prompts = sae_corpus(source, concepts, config.corpus_size, seed=0)
         states = _layer_states(backend, layer_name, prompts)[:, 1:]
         states = states.reshape(-1, states.shape[-1])
         d = states.shape[1]
@@ -493,14 +487,19 @@ class ItD:
         _atomic_save(tensors, path, {"settings": json.dumps(settings), "stats": json.dumps(stats)})
         return tensors, {"path": str(path), "cached": False, **settings, **stats}
 
-    def erase(self, backend, concepts: ConceptSpec, config: ItDConfig) -> Artifact:
+    def erase(
+        self, backend, concepts: ConceptSpec, config: ItDConfig, *, generator: torch.Generator | None = None
+    ) -> Artifact:
+        # The run's seed picks the interpretation/calibration prompts; the SAE itself is a per-encoder
+        # asset (seeded 0, cached), so that every erasure of one encoder reads the same features.
+        seed = generator.initial_seed() if generator is not None else 0
         layer = self.resolve_layer(backend, config)
         layer_name = backend.text_layer_module(layer)
         sae, sae_info = self.sae_for(backend, concepts, config, layer)
         k = int(sae["k"][0])
         scale = sae["input_scale"]
         sae_core = {name: sae[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-        shapes = _is_shapes(concepts, backend, config.corpus)
+        source = corpus_source(concepts, backend, config.corpus)
 
         def prompt_codes(prompts: list[str]) -> torch.Tensor:
             x = _layer_states(backend, layer_name, prompts)[:, 1:] / scale
@@ -513,12 +512,14 @@ class ItD:
                 (scale * edit_delta(x, sae_core, features, k, config.feature_scale)).norm(dim=-1).amax(dim=1)
             )
 
-        retain = retain_prompts(shapes, concepts, max(4 * config.n_target_prompts, 64), seed=2)
+        retain = retain_prompts(source, concepts, max(4 * config.n_target_prompts, 64), seed=seed + 2)
         retain_codes = prompt_codes(retain)
         features, per_concept, targets = [], {}, []
         for i, target in enumerate(concepts.targets):
-            prompts = target_prompts(shapes, concepts, target.text, config.n_target_prompts, seed=1 + i)
-            alternatives = alternatives_for(shapes, concepts, target.text)
+            prompts = target_prompts(
+                source, concepts, target.text, config.n_target_prompts, seed=seed + 1 + i
+            )
+            alternatives = alternatives_for(source, concepts, target.text)
             swapped = counterfactuals(prompts, target.text, alternatives)
             flat = [q for row in swapped for q in row]
             swapped_codes = prompt_codes(flat).reshape(len(prompts), len(alternatives), -1)
