@@ -44,8 +44,18 @@ def _shapes_source() -> DataSource:
     return ShapesWorldSource()
 
 
+def _shapes_ar_folder() -> Path:
+    from erasekit.world.ar_assets import SHIPPED_AR_DIR
+
+    return Path(SHIPPED_AR_DIR)
+
+
 ZOO: dict[str, ZooEntry] = {
     "tiny": ZooEntry("random tiny SD pipeline built in code (tests)", None, DataSource),
+    "tiny-ar": ZooEntry("random tiny autoregressive image-token model built in code (tests)", None, DataSource),
+    "shapes-ar": ZooEntry(
+        "the shipped ShapesWorld-AR model (Llama over VQ image tokens, 32 px)", _shapes_ar_folder, _shapes_source
+    ),
     "shapes": ZooEntry(
         "the shipped ShapesWorld model (SD architecture, 32 px)", _shapes_folder, _shapes_source
     ),
@@ -95,7 +105,12 @@ def load_model(model: str, *, retain: str | Path | None = None, **kwargs: Any) -
     source = source_for(model)
     if retain is not None:
         source = WithRetain(source, caption_file(retain))
-    backend = load_backend(resolve(model), name=model, **kwargs)
+    from erasekit.backends.ar import is_ar_folder, load_ar_backend
+
+    if model == "tiny-ar" or is_ar_folder(resolve(model)):  # autoregressive image-token models
+        backend = load_ar_backend(resolve(model), name=model, **kwargs)
+    else:
+        backend = load_backend(resolve(model), name=model, **kwargs)
     backend.data_source = source
     return backend
 

@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     manifest: dict = {
         "_t0": t0,
+        "model": "ShapesWorld-AR (ShapesWorld autoregressive image-token model)",
         "recipe": "erasekit.world.ar_train",
         "command": " ".join(
             ["python -m erasekit.world.ar_train", *(argv if argv is not None else sys.argv[1:])]
