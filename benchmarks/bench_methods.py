@@ -136,6 +136,19 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help="preserve every other ShapesWorld concept, or only those of the erased concept's domain",
     )
+    parser.add_argument(
+        "--spec",
+        choices=("user", "benchmark"),
+        default="user",
+        help="user: only the concept (and --anchor for methods that take one), the rest from the model's "
+        "data source, as `erasekit erase --concept X` runs; benchmark: the hand-written spec below",
+    )
+    parser.add_argument(
+        "--grid",
+        choices=("default", "heldout"),
+        default="default",
+        help="protocol grid: the default one (tuning) or the larger held-out one (reporting)",
+    )
     parser.add_argument("--seeds-per-prompt", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="erasure seed")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("ERASEKIT_THREADS", "1")))
@@ -176,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         method = get_method(method_name)
         config = build_config(method.config_cls, None, overrides.get(method_name, []))
         for concept in [c.strip() for c in args.concepts.split(",") if c.strip()]:
-            spec = concept_spec(method_name, concept, args.templates, anchors, args.preserve)
+            if args.spec == "user":
+                anchor = anchors.get(concept) if method_name in ANCHOR_METHODS else None
+                spec = ConceptSpec.from_lists([concept], [anchor] if anchor else [])
+            else:
+                spec = concept_spec(method_name, concept, args.templates, anchors, args.preserve)
             print(f"[{time.strftime('%H:%M:%S')}] {method_name} erases {concept} ...", flush=True)
             artifact = run_method(method, backend, spec, config, seed=args.seed)
             cost = artifact.manifest["cost"]
@@ -192,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                     [path],
                     concept,
                     seeds_per_prompt=args.seeds_per_prompt,
+                    grid=args.grid,
                     progress=False,
                     attacks=attacks,
                     attack_budget=args.attack_budget,
@@ -208,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                 "artifact_bytes": cost["artifact_bytes"],
                 "torch_threads": cost["torch_threads"],
                 "config": config_to_dict(config),
-                "concepts": spec.to_dict(),
+                "spec": args.spec,
+                "grid": args.grid,
+                "concepts": artifact.manifest["concepts"],
+                "data_source": artifact.manifest.get("data_source"),
                 "training": training,
                 "metrics": {k: result.get(k) for k in ("ua", "synonym_ua", "ira", "cra", "fid")},
                 "base": {k: result["base"].get(k) for k in ("ua", "synonym_ua", "ira", "cra", "fid")},
@@ -231,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                 "versions": environment_versions(),
             }
             out = args.out_dir / f"shapesworld_{method_name}_{concept}.json"
+            if args.spec != "benchmark" or args.grid != "default":
+                out = args.out_dir / f"shapesworld-{args.spec}-{args.grid}_{method_name}_{concept}.json"
             tmp_out = out.with_suffix(".json.tmp")
             tmp_out.write_text(json.dumps(record, indent=2, default=str) + "\n")
             os.replace(tmp_out, out)

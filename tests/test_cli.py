@@ -377,7 +377,7 @@ def test_unsupported_and_corrupt_model_files(tmp_path):
 
 
 def _tiny_artifact(tmp_path: Path, fingerprint: str | None = None) -> Path:
-    from erasekit.backends import load_backend
+    from erasekit.zoo import load_model as load_backend
 
     backend = load_backend("tiny")
     name, param = next(iter(backend.parameters_for("cross_attn_kv").items()))

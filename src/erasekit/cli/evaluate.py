@@ -58,8 +58,15 @@ def evaluate(
         ),
     ] = None,
     full: Annotated[
-        bool, typer.Option("--full", help="The full prompt grid (every combination; slow).")
+        bool, typer.Option("--full", help="The full prompt grid (every combination; slow); = --grid full.")
     ] = False,
+    grid: Annotated[
+        str,
+        typer.Option(
+            "--grid",
+            help="Prompt grid: default (small; tune on it), heldout (≈2× images, other prompts and seeds; report on it) or full.",
+        ),
+    ] = "default",
     steps: Annotated[
         int | None, typer.Option("--steps", help="Sampling steps (default: the model's).", show_default=False)
     ] = None,
@@ -165,6 +172,10 @@ def evaluate(
     from erasekit.world.concepts import domain_of
 
     domain_of(erased)
+    from erasekit.evaluation.shapesworld import GRIDS
+
+    if grid not in GRIDS:
+        raise ErasekitError(f"unknown --grid {grid!r}; choose from: {', '.join(GRIDS)}")
     from erasekit.evaluation import distributed
 
     if processes > 1 and not distributed_launch():
@@ -172,25 +183,24 @@ def evaluate(
     judge = _judge(judge_path)
     from erasekit.evaluation.shapesworld import evaluate_shapesworld
 
+    protocol = {
+        "out_dir": out,
+        "steps": steps,
+        "guidance": guidance,
+        "seeds_per_prompt": seeds_per_prompt,
+        "grid": "full" if full else grid,
+        "batch_size": batch_size,
+        "seed": seed,
+        "judge": judge,
+        "use_cache": not no_cache,
+        "force": force,
+        "attacks": attack_names,
+        "attack_budget": attack_budget,
+    }
     if distributed_launch():  # under accelerate launch / --processes
         result = distributed.run_sharded(
             lambda backend, generate: evaluate_shapesworld(
-                backend,
-                artifacts,
-                erased,
-                out_dir=out,
-                steps=steps,
-                guidance=guidance,
-                seeds_per_prompt=seeds_per_prompt,
-                full=full,
-                batch_size=batch_size,
-                seed=seed,
-                judge=judge,
-                use_cache=not no_cache,
-                force=force,
-                generate=generate,
-                attacks=attack_names,
-                attack_budget=attack_budget,
+                backend, artifacts, erased, generate=generate, **protocol
             ),
             model=model,
             artifacts=artifacts,
@@ -200,25 +210,7 @@ def evaluate(
         if result is not None:  # the main process reports; the others stay quiet
             emit(result, as_json, human_table)
         return
-
-    result = evaluate_shapesworld(
-        model,
-        artifacts,
-        erased,
-        out_dir=out,
-        steps=steps,
-        guidance=guidance,
-        seeds_per_prompt=seeds_per_prompt,
-        full=full,
-        batch_size=batch_size,
-        seed=seed,
-        judge=judge,
-        use_cache=not no_cache,
-        force=force,
-        device=device,
-        attacks=attack_names,
-        attack_budget=attack_budget,
-    )
+    result = evaluate_shapesworld(model, artifacts, erased, device=device, **protocol)
     emit(result, as_json, human_table)
 
 
@@ -314,13 +306,18 @@ def human_table(result: dict) -> str:
     names = "+".join(a["method"] for a in result.get("artifacts", [])) or "(no artifact)"
     lines = [
         f"ShapesWorld: erasing {result['erased']} ({result['domain']}) with {names} on {result['model']}",
-        f"{'metric':<12}{'erased':>9}{'base':>9}{'ratio':>8}",
+        f"{'metric':<12}{'erased':>9}{'base':>9}{'ratio':>8}   erased 95 % interval (Wilson), successes/n",
     ]
     labels = {"ua": "UA", "synonym_ua": "synonym UA", "ira": "IRA", "cra": "CRA", "fid": "FID"}
+    intervals, counts = result.get("intervals") or {}, result.get("counts") or {}
     for key, label in labels.items():
         digits = 2 if key == "fid" else 3
         row = f"{label:<12}{_fmt(result.get(key), digits):>9}{_fmt(base.get(key), digits):>9}"
-        lines.append(row + f"{_fmt(ratios.get(key), 2):>8}")
+        row += f"{_fmt(ratios.get(key), 2):>8}"
+        if intervals.get(key):
+            low, high = intervals[key]
+            row += f"   [{low:.2f}, {high:.2f}]  {counts[key][0]}/{counts[key][1]}"
+        lines.append(row)
     cached = " (base cached)" if base.get("cached") else ""
     n = result.get("n", {})
     lines.append(

@@ -18,6 +18,7 @@ Imports torch only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -81,7 +82,8 @@ def protocol_metrics(rows: Sequence[Mapping], erased: str, domain: str) -> dict[
         erased: The erased concept; ``domain`` its domain.
 
     Returns:
-        ``{"ua", "synonym_ua", "ira", "cra", "cra_by_domain", "n": {group: count}}``.
+        ``{"ua", "synonym_ua", "ira", "cra", "cra_by_domain", "n": {group: count}, "counts": {rate:
+        [successes, trials]}, "intervals": {rate: [low, high] 95 % Wilson interval or None}}``.
     """
     groups: dict[str, list[Mapping]] = {"target": [], "synonym": [], "retain": []}
     for row in rows:
@@ -92,7 +94,10 @@ def protocol_metrics(rows: Sequence[Mapping], erased: str, domain: str) -> dict[
         if row["labels"].get(domain) == erased:
             raise ValueError(f"retain row {row.get('id', row)} names the erased concept {erased!r}")
     cra, cra_by_domain = cross_domain_retain(groups["retain"], erased, domain)
+    counts = rate_counts(rows, erased, domain)
     return {
+        "counts": {k: list(v) for k, v in counts.items()},
+        "intervals": {k: _listed(wilson_interval(*v)) for k, v in counts.items()},
         "ua": unlearning_accuracy([r["prediction"][domain] for r in groups["target"]], erased),
         "synonym_ua": unlearning_accuracy([r["prediction"][domain] for r in groups["synonym"]], erased),
         "ira": in_domain_retain(groups["retain"], erased, domain),
@@ -102,11 +107,54 @@ def protocol_metrics(rows: Sequence[Mapping], erased: str, domain: str) -> dict[
     }
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """The Wilson score interval for a binomial rate ``successes / n`` (95 % for the default z).
+
+    Wilson (1927): centre (p̂ + z²/2n) / (1 + z²/n), half-width z √(p̂(1 − p̂)/n + z²/4n²) / (1 + z²/n).
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at p̂ = 0 or 1, which is
+    where erasure rates live (16 images all erased: UA 1.0, interval [0.81, 1.0]). None for n = 0.
+    """
+    if n <= 0:
+        return None
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes {successes} outside 0..{n}")
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_counts(rows: Sequence[Mapping], erased: str, domain: str) -> dict[str, tuple[int, int]]:
+    """(successes, trials) behind UA, synonym UA, IRA and CRA for judged protocol rows."""
+    target = [r for r in rows if r["group"] == "target"]
+    synonym = [r for r in rows if r["group"] == "synonym"]
+    retain = [r for r in rows if r["group"] == "retain"]
+    kept = [r for r in retain if r["labels"].get(domain) not in (None, erased)]
+    cross = [
+        (r["prediction"][d], r["labels"][d])
+        for r in retain
+        if r["labels"].get(domain) != erased
+        for d in sorted(r["labels"])
+        if d != domain
+    ]
+    return {
+        "ua": (sum(r["prediction"][domain] != erased for r in target), len(target)),
+        "synonym_ua": (sum(r["prediction"][domain] != erased for r in synonym), len(synonym)),
+        "ira": (sum(r["prediction"][domain] == r["labels"][domain] for r in kept), len(kept)),
+        "cra": (sum(p == e for p, e in cross), len(cross)),
+    }
+
+
 def ratio(value: float | None, base: float | None) -> float | None:
     """``value / base`` (None when either is missing or the base is 0)."""
     if value is None or base is None or base == 0:
         return None
     return value / base
+
+
+def _listed(interval: tuple[float, float] | None) -> list[float] | None:
+    return None if interval is None else [round(interval[0], 4), round(interval[1], 4)]
 
 
 # ---- Fréchet distance --------------------------------------------------------------------------------------
