@@ -27,7 +27,7 @@ def test_one_anchor_is_shared_and_none_means_remove():
         ([], [], [], "No concept"),
         ([""], [], [], "empty"),
         (["  \t"], [], [], "empty"),
-        (["star"], [], [""], "empty"),
+        (["star"], [], ["", ""], "twice"),  # "" (the unconditional prompt) may be preserved, once
         (["star"], [" "], [], "Anchor of 'star' is empty"),
         (["star", "star"], [], [], "twice"),
         (["star", "  STAR "], [], [], "twice"),  # case and spacing do not make a new concept

@@ -6,11 +6,11 @@ import dataclasses
 import json
 from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import pytest
 
-from erasekit.config import build_config, config_to_dict, describe_config
+from erasekit.config import build_config, config_to_dict, describe_config, presets_of
 from erasekit.errors import ErasekitError
 from erasekit.methods import available_methods, get_method
 
@@ -182,3 +182,69 @@ def test_every_method_has_an_example_config():
     """Adding a method means adding examples/configs/<name>.json (see README, "Adding a method")."""
     assert {"uce", "esd"} <= {p.stem for p in EXAMPLES}
     assert set(available_methods()) <= {p.stem for p in EXAMPLES}
+
+
+# ---- named presets -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PresetConfig:
+    preset: str = "default"
+    """Named defaults."""
+    steps: int = 10
+    """Steps."""
+    lr: float = 1e-3
+    """Learning rate."""
+    variant: Literal["x", "u"] = "x"
+    """Variant."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"paper": {"steps": 1000, "lr": 1e-5, "variant": "u"}}
+
+
+def test_preset_values_apply_under_explicit_ones(tmp_path):
+    assert build_config(PresetConfig, overrides=["preset=paper"]) == PresetConfig(
+        preset="paper", steps=1000, lr=1e-5, variant="u"
+    )
+    # an explicit override beats the preset, the rest of the preset stays
+    assert build_config(PresetConfig, overrides=["preset=paper", "steps=3"]) == PresetConfig(
+        preset="paper", steps=3, lr=1e-5, variant="u"
+    )
+    # order does not matter, and a file's values beat the preset too (the preset may sit in the file)
+    assert build_config(PresetConfig, overrides=["lr=0.5", "preset=paper"]).lr == 0.5
+    file = write(tmp_path, {"preset": "paper", "variant": "x"})
+    assert build_config(PresetConfig, file) == PresetConfig(preset="paper", steps=1000, lr=1e-5, variant="x")
+    assert build_config(PresetConfig, file, ["preset=default"]) == PresetConfig(variant="x")
+    assert list(presets_of(PresetConfig)) == ["default", "paper"]
+
+
+@pytest.mark.parametrize("cls, needle", [(PresetConfig, "no preset 'papr'"), (ExampleConfig, "no preset")])
+def test_unknown_preset_is_a_one_line_error(cls, needle):
+    with pytest.raises(ErasekitError, match=needle) as info:
+        build_config(cls, overrides=["preset=papr"])
+    assert "\n" not in str(info.value) and "preset=NAME" in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(available_methods()))
+def test_every_methods_presets_build(name):
+    """Each declared preset names real fields with valid values of that method's config."""
+    config_cls = get_method(name).config_cls
+    for preset, values in presets_of(config_cls).items():
+        config = build_config(config_cls, overrides=[f"preset={preset}"])
+        assert config.preset == preset
+        assert all(getattr(config, key) == value for key, value in values.items())
+
+
+@pytest.mark.parametrize("name", ["uce", "esd", "spm"])
+def test_issue13_methods_have_paper_and_shapesworld_presets(name):
+    assert {"paper", "shapesworld"} <= set(presets_of(get_method(name).config_cls))
+
+
+def test_preset_is_recorded_in_the_manifest(tiny_backend):
+    from erasekit.concepts import ConceptSpec
+    from erasekit.methods import run_method
+
+    method = get_method("uce")
+    config = build_config(method.config_cls, overrides=["preset=paper", "lamb=0.25"])
+    artifact = run_method(method, tiny_backend, ConceptSpec.from_lists(["star"]), config, seed=0)
+    recorded = artifact.manifest["config"]
+    assert recorded["preset"] == "paper" and recorded["tokens"] == "from_last"
+    assert recorded["lamb"] == 0.25  # the explicit value, not the preset's 0.5
+    assert recorded["preserve_unconditional"] is True

@@ -13,7 +13,7 @@ from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config
 from erasekit.errors import ErasekitError
 from erasekit.methods import run_method
-from erasekit.methods.esd import ESD, ESDConfig, esd_target
+from erasekit.methods.esd import ESD, ESDConfig, esd_target, paper_eta
 
 STAR = ConceptSpec.from_lists(["star"])
 
@@ -117,8 +117,45 @@ def test_anchor_or_preserve_is_a_user_error(tiny_backend, spec):
         ESD().erase(tiny_backend, spec, ESDConfig(iterations=1))
 
 
+def test_reference_convention_is_the_papers_eta_plus_one():
+    # esd_sd.py's target ε_c − g (ε_c − ε_∅), written out, equals eq. 3 with η = g − 1
+    eps_uncond, eps_concept = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 1.0])
+    g = 2.0
+    script_target = eps_concept - g * (eps_concept - eps_uncond)
+    torch.testing.assert_close(esd_target(eps_uncond, eps_concept, paper_eta(g, "reference")), script_target)
+    assert build_config(ESDConfig, None, ["eta=2", "eta_convention=reference"]).paper_eta == 1.0
+    assert build_config(ESDConfig, None, ["eta=2"]).paper_eta == 2.0
+    # the reference preset is the script's defaults, its η in its own convention: the paper's η = 1
+    reference = build_config(ESDConfig, None, ["preset=reference"])
+    assert (reference.eta, reference.eta_convention, reference.paper_eta) == (2.0, "reference", 1.0)
+    assert (reference.iterations, reference.lr, reference.trajectory_model) == (200, 5e-5, "original")
+    # eta_convention=reference with η ≤ 1 would be paper η ≤ 0: refused
+    with pytest.raises(ErasekitError, match="η must be > 0"):
+        build_config(ESDConfig, None, ["eta=1", "eta_convention=reference"])
+
+
+def test_old_negative_guidance_says_how_to_migrate():
+    with pytest.raises(ErasekitError) as info:
+        build_config(ESDConfig, None, ["negative_guidance=2"])
+    message = str(info.value)
+    assert "\n" not in message and "-o eta=2" in message and "eta_convention=reference" in message
+
+
+def test_trajectory_from_the_original_model_leaves_the_model_unchanged(tiny_backend):
+    before = {k: v.clone() for k, v in tiny_backend.named_parameters().items()}
+    config = ESDConfig(iterations=4, ddim_steps=3, lr=1e-2, trajectory_model="original")
+    artifact = run_method(ESD(), tiny_backend, STAR, config, seed=0)
+    trained = run_method(ESD(), tiny_backend, STAR, ESDConfig(iterations=4, ddim_steps=3, lr=1e-2), seed=0)
+    after = tiny_backend.named_parameters()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the first iteration's x_t is the same (nothing trained yet); later ones come from other models
+    original, current = artifact.manifest["training"]["loss"], trained.manifest["training"]["loss"]
+    assert original[0] == current[0]
+    assert original[1:] != current[1:]
+
+
 @pytest.mark.parametrize(
-    "override", ["iterations=0", "lr=0", "lr=-1e-5", "negative_guidance=0", "variant=z", "ddim_steps=0"]
+    "override", ["iterations=0", "lr=0", "lr=-1e-5", "eta=0", "eta=-1", "variant=z", "ddim_steps=0"]
 )
 def test_bad_config_is_a_user_error(override):
     with pytest.raises(ErasekitError):

@@ -10,7 +10,13 @@ from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config
 from erasekit.errors import ErasekitError
 from erasekit.methods import run_method
-from erasekit.methods.uce import UCE, UCEConfig, collect_embeddings, uce_right_factor
+from erasekit.methods.uce import (
+    UCE,
+    UCEConfig,
+    collect_embeddings,
+    from_last_positions,
+    uce_right_factor,
+)
 
 
 def _edited_weights(backend, artifact) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -116,7 +122,7 @@ def test_templates_multiply_the_edited_contexts(tiny_backend):
 
 @pytest.mark.parametrize(
     "override",
-    ["lamb=-1", "lamb=0", "erase_scale=0", "preserve_scale=-0.5", "tokens=middle", "lamb=abc"],
+    ["lamb=-1", "lamb=0", "erase_scale=0", "preserve_scale=-0.5", "tokens=middle", "lamb=abc", "preset=nope"],
 )
 def test_bad_config_is_a_user_error(override):
     with pytest.raises(ErasekitError):
@@ -140,3 +146,91 @@ def test_erased_prompt_generates_like_its_anchor(tiny_backend):
     finally:
         revert(tiny_backend)
     assert (star_erased - square).abs().mean() < 0.1 * (star - square).abs().mean()
+
+
+# ---- the alignment of the script released with the paper (tokens=from_last) ------------------------------
+def test_from_last_aligns_last_word_tokens_and_cuts_both_to_one_length():
+    start, end = 100, 200
+    concept = torch.tensor([start, 1, 2, 3, end, end, end, end])  # three words: last word at 3
+    anchor = torch.tensor([start, 7, end, end, end, end, end, end])  # one word: last word at 1
+    c, a = from_last_positions(concept, anchor, end)
+    assert c == [3, 4, 5, 6, 7] and a == [1, 2, 3, 4, 5]  # last word ↔ last word, end ↔ end, …
+    empty = torch.tensor([start, end, end, end, end, end, end, end])
+    c, a = from_last_positions(concept, empty, end)
+    assert c == [3, 4, 5, 6, 7] and a == [0, 1, 2, 3, 4]  # the empty prompt's "last word" is its start
+
+
+def _unconditional_drift(backend, artifact) -> float:
+    """Largest relative change of the unconditional prompt's keys/values over all its positions."""
+    with torch.no_grad():
+        empty = backend.encode_prompts([""])[0].double()
+    drifts = [
+        _relative_error(empty @ w_new.double().T, empty @ w_old.double().T)
+        for w_old, w_new in _edited_weights(backend, artifact).values()
+    ]
+    return max(drifts)
+
+
+def test_paper_preset_preserves_the_unconditional_prompt(tiny_backend):
+    spec = ConceptSpec.from_lists(["star"])
+    paper = build_config(UCEConfig, None, ["preset=paper"])
+    assert (paper.tokens, paper.preserve_unconditional) == ("from_last", True)
+    without = build_config(UCEConfig, None, ["preset=paper", "preserve_unconditional=false"])
+    drift_paper = _unconditional_drift(tiny_backend, run_method(UCE(), tiny_backend, spec, paper))
+    drift_without = _unconditional_drift(tiny_backend, run_method(UCE(), tiny_backend, spec, without))
+    assert drift_paper < 0.5 * drift_without
+    # and it still erases: the concept's last word token moves towards the anchor's row
+    erase, anchor, _ = collect_embeddings(tiny_backend, spec, paper)
+    artifact = run_method(UCE(), tiny_backend, spec, paper)
+    for w_old, w_new in _edited_weights(tiny_backend, artifact).values():
+        assert _relative_error(erase[:1] @ w_new.T, anchor[:1] @ w_old.T) < 0.5 * _relative_error(
+            erase[:1] @ w_old.T, anchor[:1] @ w_old.T
+        )
+
+
+def test_empty_preserve_concept_is_the_unconditional_prompt(tiny_backend):
+    # --preserve "" and preserve_unconditional=true ask for the same thing: the same edit
+    config = UCEConfig(tokens="from_last")
+    by_concept = run_method(UCE(), tiny_backend, ConceptSpec.from_lists(["star"], preserve=[""]), config)
+    by_flag = run_method(
+        UCE(),
+        tiny_backend,
+        ConceptSpec.from_lists(["star"]),
+        UCEConfig(tokens="from_last", preserve_unconditional=True),
+    )
+    assert by_concept.tensors.keys() == by_flag.tensors.keys()
+    assert all(torch.equal(by_concept.tensors[k], by_flag.tensors[k]) for k in by_flag.tensors)
+    # the unconditional prompt is not put into templates
+    spec = ConceptSpec.from_lists(["star"], preserve=["", "circle"])
+    assert spec.prompts("") == [""]
+    _, _, preserve = collect_embeddings(tiny_backend, spec, UCEConfig(use_templates=True))
+    length = tiny_backend.token_ids([""]).shape[1]
+    assert preserve.shape[0] == length * (1 + len(spec.templates))
+
+
+@pytest.mark.parametrize(
+    "concepts, preserve, needle",
+    [
+        ([""], [], "empty"),  # "" is never a concept to erase
+        (["star"], ["", ""], "twice"),
+        (["star"], ["  "], "empty"),  # from_lists strips: whitespace is "" after all
+    ],
+)
+def test_empty_text_is_only_a_preserve_concept_once(concepts, preserve, needle):
+    if preserve == ["  "]:
+        assert ConceptSpec.from_lists(concepts, preserve=preserve).preserve == ("",)
+        with pytest.raises(ErasekitError, match="only whitespace"):
+            ConceptSpec(targets=ConceptSpec.from_lists(concepts).targets, preserve=("  ",))
+        return
+    with pytest.raises(ErasekitError, match=needle) as info:
+        ConceptSpec.from_lists(concepts, preserve=preserve)
+    assert "\n" not in str(info.value)
+
+
+def test_methods_without_unconditional_preserve_refuse_it(tiny_backend):
+    from erasekit.methods.esd import ESD, ESDConfig
+
+    spec = ConceptSpec.from_lists(["star"], preserve=[""])
+    with pytest.raises(ErasekitError, match='preserve the unconditional prompt ""') as info:
+        run_method(ESD(), tiny_backend, spec, ESDConfig(iterations=1))
+    assert "\n" not in str(info.value)

@@ -65,6 +65,10 @@ class ConceptSpec:
     templates: tuple[str, ...] = OBJECT_TEMPLATES
     kind: str = "object"
     synonyms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    retain: tuple[str, ...] = ()
+    """Whole prompts whose images must stay (retain data), e.g. a model's own captions."""
+    completed: tuple[str, ...] = ()
+    """Which fields came from the model's data source rather than the user (see erasekit.sources)."""
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -72,7 +76,13 @@ class ConceptSpec:
         seen: set[str] = set()
         for text in [t.text for t in self.targets] + list(self.preserve):
             key = _norm(text)
-            if not key:
+            if not key and text in self.preserve and text not in self.erase_texts:
+                if text != "":
+                    raise ErasekitError(
+                        'A preserve concept is only whitespace; pass "" for the unconditional prompt, or text.'
+                    )
+                # "" as a preserve concept is the unconditional prompt (UCE's paper script keeps it)
+            elif not key:
                 raise ErasekitError("A concept is empty; pass non-empty text to --concept/--preserve.")
             if key in seen:
                 raise ErasekitError(
@@ -84,6 +94,8 @@ class ConceptSpec:
                 raise ErasekitError(f"Anchor of {target.text!r} is empty; give anchor text or leave it out.")
         if not self.templates or any("{}" not in t for t in self.templates):
             raise ErasekitError("Every prompt template needs a '{}' placeholder for the concept.")
+        if any(not _norm(prompt) for prompt in self.retain):
+            raise ErasekitError("A retain prompt is empty; remove empty lines from the retain file.")
         if self.kind not in ("object", "style"):
             raise ErasekitError(f"Concept kind {self.kind!r} is unknown; use object or style.")
 
@@ -123,7 +135,9 @@ class ConceptSpec:
         return [t.text for t in self.targets]
 
     def prompts(self, concept: str) -> list[str]:
-        """``concept`` placed in every template."""
+        """``concept`` placed in every template; "" (the unconditional prompt) stays [""]."""
+        if concept == "":
+            return [""]
         return [template.format(concept) for template in self.templates]
 
     def to_dict(self) -> dict:
@@ -132,6 +146,8 @@ class ConceptSpec:
             "preserve": list(self.preserve),
             "templates": list(self.templates),
             "kind": self.kind,
+            "retain": list(self.retain),
+            "completed": list(self.completed),
         }
 
     @classmethod
@@ -141,6 +157,8 @@ class ConceptSpec:
             preserve=tuple(data.get("preserve", ())),
             templates=tuple(data.get("templates", OBJECT_TEMPLATES)),
             kind=data.get("kind", "object"),
+            retain=tuple(data.get("retain", ())),
+            completed=tuple(data.get("completed", ())),
         )
 
 

@@ -13,6 +13,7 @@ from erasekit.methods.spm import (
     SPM,
     SPMGate,
     esd_target,
+    reference_gamma,
     sample_anchors,
     token_share,
     transport_gamma,
@@ -174,3 +175,45 @@ def test_neutral_prompt_leaves_only_the_concept_out():
     ]
     assert neutral_prompts(templates, None, "empty") == ["", "", ""]
     assert neutral_prompts(["a {} square"], "orange", "remove") == ["an orange square"]  # anchor wins
+
+
+def test_reference_gamma_squares_and_gives_uncond_rows_their_prompts_gamma():
+    gamma = torch.tensor([0.9, 0.2, 0.5, 0.6])  # [uncond, uncond, prompt a, prompt b]
+    out = reference_gamma(gamma, [True, True, False, False])
+    torch.testing.assert_close(out, torch.tensor([0.25, 0.36, 0.25, 0.36]))
+    # no CFG layout (or only prompts): each row keeps its own γ, squared
+    torch.testing.assert_close(reference_gamma(gamma, [False] * 4), gamma**2)
+    torch.testing.assert_close(reference_gamma(gamma[:3], [True, False, False]), gamma[:3] ** 2)
+
+
+def test_reference_gate_on_a_stock_pipeline_is_the_prompts_gamma_squared_on_both_rows(tiny_pipeline):
+    from erasekit.backends.sd import SDBackend
+
+    backend = SDBackend(tiny_pipeline, name="tiny")
+    artifact = _erase(backend)
+    seen: dict[str, torch.Tensor] = {}
+    for mode in ("facilitated", "reference"):
+        artifact.manifest["hooks"][0]["config"]["mode"] = mode
+        apply(artifact, tiny_pipeline)
+        try:
+            (gate,) = _gates({"unet": tiny_pipeline.unet})
+
+            def record(*args, mode=mode, gate=gate) -> None:  # a forward hook returning None
+                seen.setdefault(mode, gate.gamma.clone())
+
+            handle = tiny_pipeline.unet.register_forward_hook(record)
+            tiny_pipeline("a cat", num_inference_steps=1, guidance_scale=4.0, output_type="latent")
+            handle.remove()
+        finally:
+            revert(tiny_pipeline)
+    own = seen["facilitated"]  # [uncond's own γ, prompt's γ]
+    assert 0 < own[1] < 1 and own[0] != own[1]
+    torch.testing.assert_close(seen["reference"], torch.stack([own[1], own[1]]) ** 2)
+
+
+def test_presets_hold_the_public_values_and_the_shapesworld_ones():
+    paper = build_config(SPM.config_cls, None, ["preset=paper"])
+    assert (paper.lr, paper.iterations, paper.anchor_weight, paper.gate) == (1e-4, 3000, 1000.0, "reference")
+    assert (paper.preserve_anchors, paper.use_templates, paper.eta) == (0, False, 1.0)
+    shapes = build_config(SPM.config_cls, None, ["preset=shapesworld"])
+    assert shapes == build_config(SPM.config_cls, None, ["preset=default"]).__class__(preset="shapesworld")

@@ -5,10 +5,19 @@ Fine-tunes the denoiser θ so that, conditioned on the concept c, it predicts wh
 
     ε_θ(x_t, c, t)  ←  ε_θ*(x_t, t) − η [ε_θ*(x_t, c, t) − ε_θ*(x_t, t)]
 
-trained with the MSE between the two sides. Each iteration draws a DDIM step index k at random,
-makes x_t by denoising seeded noise for k of ``ddim_steps`` steps with the *current* model under the
-concept prompt (classifier-free guidance ``start_guidance``), and evaluates at the timestep x_t is
-actually at (the reference code re-draws t from the mirrored interval; we use the matching one).
+trained with the MSE between the two sides. ``eta`` is this η, the paper's negative guidance (paper:
+1). The current reference script (``esd_sd.py``) writes the target as
+ε_θ*(x_t, c, t) − g [ε_θ*(x_t, c, t) − ε_θ*(x_t, t)], which is eq. 3 with η = g − 1: its
+``--negative_guidance 2`` (the default) is the paper's η = 1, and the same number given to eq. 3
+would be η = 2, four times the loss at the start (the target's distance from ε_θ*(x_t, c, t) is
+(1 + η) |ε_c − ε_∅|). ``eta_convention=reference`` takes the number in the script's convention;
+the ``reference`` preset does that with the script's other defaults (see :data:`ESDConfig.PRESETS`).
+
+Each iteration draws a DDIM step index k at random, makes x_t by denoising seeded noise for k of
+``ddim_steps`` steps under the concept prompt (classifier-free guidance ``start_guidance``) with the
+model being trained (as the paper's CompVis code does; ``trajectory_model=original`` uses the frozen
+θ*, as ``esd_sd.py`` does), and evaluates at the timestep x_t is actually at (the CompVis code
+re-draws t from the mirrored interval; we use the matching one).
 ESD-x trains the cross-attention (target ``cross_attn``), ESD-u everything else in the UNet
 (``unet_non_cross``). Adam, lr 1e-5, 1000 iterations in the paper.
 
@@ -48,8 +57,14 @@ class ESDConfig:
     """Optimiser steps (paper: 1000)."""
     lr: float = 1e-5
     """Adam learning rate (paper: 1e-5)."""
-    negative_guidance: float = 1.0
-    """η in eq. 3: how far the target is pushed away from the concept (paper: 1.0)."""
+    eta: float = 1.0
+    """η, the paper's negative guidance (eq. 3): the target is ε(x_t) − η (ε(x_t, c) − ε(x_t)) (paper: 1). In eta_convention=reference it is the reference script's --negative_guidance instead (esd_sd.py: ε(x_t, c) − η (ε(x_t, c) − ε(x_t)), i.e. the paper's η + 1; its default 2 is the paper's 1)."""
+    eta_convention: Literal["paper", "reference"] = "paper"
+    """Which convention eta is in: paper (eq. 3) or reference (esd_sd.py's --negative_guidance = paper η + 1)."""
+    negative_guidance: float | None = None
+    """Removed (it was the paper's η): write eta=N for an old erasekit value N, or eta=N eta_convention=reference for esd_sd.py's --negative_guidance N."""
+    trajectory_model: Literal["trained", "original"] = "trained"
+    """Which model denoises to the training latent x_t: trained (the model being fine-tuned, as the paper's code did) or original (the frozen θ*, as the current esd_sd.py does)."""
     start_guidance: float = 3.0
     """Classifier-free guidance scale used while denoising to the training latent x_t (reference: 3)."""
     ddim_steps: int = 50
@@ -60,21 +75,73 @@ class ESDConfig:
     def __post_init__(self) -> None:
         require(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}.")
         require(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}.")
-        require(
-            self.negative_guidance > 0, f"negative_guidance (η) must be > 0, got {self.negative_guidance}."
-        )
+        if self.negative_guidance is not None:
+            raise ErasekitError(
+                f"negative_guidance is now eta in the paper's convention: write -o eta={self.negative_guidance:g} "
+                f"(same meaning as before), or -o eta={self.negative_guidance:g} -o eta_convention=reference if "
+                "you copied esd_sd.py's --negative_guidance (= paper η + 1)."
+            )
+        require(self.paper_eta > 0, f"η must be > 0 in the paper's convention, got {self.paper_eta:g}.")
         require(self.start_guidance >= 1, f"start_guidance must be >= 1, got {self.start_guidance}.")
         require(self.ddim_steps >= 1, f"ddim_steps must be >= 1, got {self.ddim_steps}.")
         require(self.resolution >= 0, f"resolution must be >= 0 (0 = model default), got {self.resolution}.")
 
+    @property
+    def paper_eta(self) -> float:
+        """η of eq. 3, whichever convention ``eta`` was given in (reference = paper η + 1)."""
+        return paper_eta(self.eta, self.eta_convention)
+
+    # Named presets (-o preset=NAME), applied under explicit settings. paper: the paper's settings
+    # (Sec. 4: 1000 iterations, Adam lr 1e-5, η = 1, 50 DDIM steps, start guidance 3). reference: the
+    # current reference script esd_sd.py's defaults (200 iterations, lr 5e-5, --negative_guidance 2 in
+    # its own convention, x_t from the frozen model). shapesworld: tuned on the shipped model (the
+    # benchmark's overrides: 150 iterations, lr 1e-3, 25 DDIM steps).
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {
+            "iterations": 1000,
+            "lr": 1e-5,
+            "eta": 1.0,
+            "eta_convention": "paper",
+            "start_guidance": 3.0,
+            "ddim_steps": 50,
+            "trajectory_model": "trained",
+        },
+        "reference": {
+            "iterations": 200,
+            "lr": 5e-5,
+            "eta": 2.0,
+            "eta_convention": "reference",
+            "start_guidance": 3.0,
+            "ddim_steps": 50,
+            "trajectory_model": "original",
+        },
+        "shapesworld": {
+            "iterations": 150,
+            "lr": 1e-3,
+            "eta": 1.0,
+            "eta_convention": "paper",
+            "start_guidance": 3.0,
+            "ddim_steps": 25,
+            "trajectory_model": "trained",
+        },
+    }
+
 
 # ---- the math (torch only) --------------------------------------------------------------------------
-def esd_target(eps_uncond: torch.Tensor, eps_concept: torch.Tensor, negative_guidance: float) -> torch.Tensor:
-    """ε_θ*(x_t, t) − η [ε_θ*(x_t, c, t) − ε_θ*(x_t, t)] — the right-hand side of eq. 3.
+def paper_eta(eta: float, convention: str) -> float:
+    """η of eq. 3 from a value in ``convention``: "paper" as is, "reference" (esd_sd.py) minus 1.
+
+    esd_sd.py's target is ε(x_t, c) − g (ε(x_t, c) − ε(x_t)) = ε(x_t) − (g − 1)(ε(x_t, c) − ε(x_t)).
+    """
+    return eta - 1.0 if convention == "reference" else eta
+
+
+def esd_target(eps_uncond: torch.Tensor, eps_concept: torch.Tensor, eta: float) -> torch.Tensor:
+    """ε_θ*(x_t, t) − η [ε_θ*(x_t, c, t) − ε_θ*(x_t, t)] — the right-hand side of eq. 3 (η: paper's).
 
     The weights sum to one, so the same line serves ε- and v-prediction models.
     """
-    return eps_uncond - negative_guidance * (eps_concept - eps_uncond)
+    return eps_uncond - eta * (eps_concept - eps_uncond)
 
 
 class _Components(nn.ModuleDict):
@@ -92,6 +159,8 @@ class ESD:
     paper: ClassVar[str] = (
         "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023 (arXiv 2303.07345)"
     )
+    # Its objective has no preserve term: run_method does not fill preserve concepts in for it.
+    takes_preserve: ClassVar[bool] = False
     config_cls: ClassVar[type] = ESDConfig
     smoke_overrides: ClassVar[tuple[str, ...]] = ("iterations=2", "ddim_steps=4", "lr=1e-3")
     # ConceptSpec.from_lists arguments for the conformance suite: ESD takes no anchor or preserve set.
@@ -130,16 +199,28 @@ class ESD:
                 seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
                 with torch.no_grad():
                     start = backend.initial_latents([seed], size=config.resolution or None)
-                    # x_t from the current model θ, guided towards the concept (denoise is no_grad)
-                    x_t = backend.denoise(
-                        start, cond, uncond, steps=config.ddim_steps, guidance=config.start_guidance, stop=k
-                    )
+
+                    # x_t guided towards the concept, from the current model θ or the frozen θ*
+                    def trajectory(start=start, cond=cond, k=k):
+                        return backend.denoise(
+                            start,
+                            cond,
+                            uncond,
+                            steps=config.ddim_steps,
+                            guidance=config.start_guidance,
+                            stop=k,
+                        )
+
+                    if config.trajectory_model == "original":
+                        x_t = torch.func.functional_call(teacher, originals, (trajectory,), strict=False)
+                    else:
+                        x_t = trajectory()
                     t = timesteps[k]  # the noise level x_t is at after k DDIM steps
                     # θ*'s unconditional and concept predictions in one batch of two
                     eps_uncond, eps_concept = original_prediction(
                         torch.cat([x_t, x_t]), t, torch.cat([uncond, cond])
                     ).chunk(2)
-                    target = esd_target(eps_uncond, eps_concept, config.negative_guidance)
+                    target = esd_target(eps_uncond, eps_concept, config.paper_eta)
                 prediction = backend.predict_noise(x_t, t, cond)  # ε_θ(x_t, c, t), with grad
                 loss = nn.functional.mse_loss(prediction.float(), target.float())
                 optimizer.zero_grad(set_to_none=True)

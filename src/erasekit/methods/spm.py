@@ -88,8 +88,8 @@ class SPMConfig:
     """Train on the concept placed in the spec's templates (True) or on the bare concept word (public)."""
     neutral: Literal["remove", "empty"] = "remove"
     """c_n of the ESD target when the concept has no anchor: its prompt with the concept word left out (remove; on the bare word that is the paper's "") or the empty prompt (empty)."""
-    gate: Literal["facilitated", "always"] = "facilitated"
-    """Inference gate: facilitated transport γ per prompt (paper), or always γ = 1."""
+    gate: Literal["facilitated", "reference", "always"] = "facilitated"
+    """Inference gate: facilitated (transport γ of eq. 8 per batch row, multiplying the adapter output once), reference (as the public infer_spm.py: both factors scaled by γ, so γ², and CFG's unconditional row gated with its prompt's γ), or always (γ = 1)."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip (0 = off)."""
 
@@ -103,6 +103,39 @@ class SPMConfig:
         )
         require(self.anchor_weight >= 0, "anchor_weight cannot be negative.")
         require(self.preserve_anchors >= 0, "preserve_anchors cannot be negative; use 0 to disable.")
+
+    # Named presets (-o preset=NAME), applied under explicit settings. paper: the public code's
+    # training values (configs/*/config.yaml, src/configs/prompt.py defaults) and its inference gate;
+    # 3000 iterations take hours on a CPU. shapesworld: the values tuned on the shipped model (= the
+    # defaults).
+    PRESETS: ClassVar[dict[str, dict[str, object]]] = {
+        "paper": {
+            "rank": 1,
+            "alpha": 1.0,
+            "iterations": 3000,
+            "lr": 1e-4,
+            "eta": 1.0,
+            "ddim_steps": 30,
+            "trajectory_guidance": 3.0,
+            "anchors_per_step": 4,
+            "anchor_weight": 1000.0,
+            "preserve_anchors": 0,
+            "use_templates": False,
+            "neutral": "empty",
+            "gate": "reference",
+        },
+        "shapesworld": {
+            "iterations": 150,
+            "lr": 1e-2,
+            "eta": 2.0,
+            "ddim_steps": 10,
+            "anchor_weight": 50.0,
+            "preserve_anchors": 4,
+            "use_templates": True,
+            "neutral": "remove",
+            "gate": "facilitated",
+        },
+    }
 
 
 # ---- the membrane during training -----------------------------------------------------------------
@@ -243,6 +276,29 @@ def transport_gamma(
     return score.max(dim=1).values.clamp(0.0, 1.0)
 
 
+def reference_gamma(gamma: torch.Tensor, unconditional: list[bool]) -> torch.Tensor:
+    """The public code's gate from per-row γ: its square, with CFG's unconditional rows given their prompt's γ.
+
+    The public ``infer_spm.py`` multiplies both membrane factors by the prompt's γ (so the adapter
+    output by γ²) and keeps that network for the whole pipeline call, so the unconditional half of
+    the CFG batch is gated with the prompt's γ too. Here a batch of 2n rows whose first n rows are
+    all unconditional (the CFG layout of diffusers and erasekit: [uncond; cond]) gives row i < n
+    the γ of row i + n; any other batch keeps each row's own γ.
+
+    Args:
+        gamma: [B] γ per row (eq. 8).
+        unconditional: [B] whether each row is the empty prompt (no non-special token).
+
+    Returns:
+        [B] the multiplier of the adapter output.
+    """
+    gamma = gamma.clone()
+    half = gamma.shape[0] // 2
+    if gamma.shape[0] == 2 * half and half and all(unconditional[:half]) and not all(unconditional):
+        gamma[:half] = gamma[half:]
+    return gamma * gamma
+
+
 def token_share(prompt_ids: list[set[int]], target_ids: list[set[int]]) -> torch.Tensor:
     """[B, T] share |T(p) ∩ T(c)| / |T(c)| of each target's token set present in each prompt."""
     return torch.tensor(
@@ -268,7 +324,9 @@ class SPMGate(InferenceHook):
       (e.g. ``prompt_embeds`` passed by the caller, or a CLIP-skip layer) gets the cosine part only.
 
     Tensors: ``target_embeddings`` [T, L, D], ``target_token_ids`` [T, L] (special ids listed in
-    config ``special_token_ids`` are ignored). Config ``mode``: "facilitated" or "always" (γ = 1).
+    config ``special_token_ids`` are ignored). Config ``mode``: "facilitated" (γ per row), "reference"
+    (:func:`reference_gamma`: the public code's γ² with the unconditional rows given their prompt's γ)
+    or "always" (γ = 1).
     """
 
     _KEEP_CALLS = 8
@@ -297,7 +355,8 @@ class SPMGate(InferenceHook):
         self._recorded.append((hidden.detach(), ids.detach().to("cpu")))
         del self._recorded[: -self._KEEP_CALLS]
 
-    def _prompt_tokens(self, states: torch.Tensor) -> list[set[int]]:
+    def _prompt_tokens(self, states: torch.Tensor) -> tuple[list[set[int]], list[bool]]:
+        """Per row: its prompt's non-special token ids and whether the row was found in a recorded call."""
         tokens: list[set[int]] = [set() for _ in range(states.shape[0])]
         found = [False] * states.shape[0]
         for hidden, ids in reversed(self._recorded):
@@ -308,7 +367,7 @@ class SPMGate(InferenceHook):
                 if not found[row]:
                     tokens[row] = set(ids[col].tolist()) - self._special
                     found[row] = True
-        return tokens
+        return tokens, found
 
     def _before_unet(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
@@ -318,8 +377,12 @@ class SPMGate(InferenceHook):
             self.gamma = torch.ones(states.shape[0], device=states.device)
             return
         with torch.no_grad():
-            share = token_share(self._prompt_tokens(states), self._target_tokens)
-            self.gamma = transport_gamma(states, self.tensors["target_embeddings"], share).to(states.device)
+            tokens, found = self._prompt_tokens(states)
+            share = token_share(tokens, self._target_tokens)
+            gamma = transport_gamma(states, self.tensors["target_embeddings"], share)
+            if self.config.get("mode") == "reference":
+                gamma = reference_gamma(gamma, [f and not t for t, f in zip(tokens, found)])
+            self.gamma = gamma.to(states.device)
 
 
 # ---- the method -------------------------------------------------------------------------------------

@@ -17,15 +17,32 @@ so one d×d solve serves every K/V projection of the UNet, and K has rank ≤ n_
 vectors), so the artifact's ΔW = W_old K is computed as (W_old (A − C_E)ᵀ)(η_e C_E M⁻¹).
 
 Which token embeddings: the UNet reads the whole padded context, and a causal text encoder spreads a
-concept over its own token, the end-of-text token and the padding after it. ``tokens="all"`` (the
-default) therefore maps every position of the concept prompt onto the anchor prompt's embedding at the
-same position, as the code behind the paper's experiments does (``train-erasing-closed.py``).
-``"prompt"`` keeps to the concept's own tokens and its end token; ``"last"`` uses only the concept's
-last word token mapped onto the anchor's (the later reference script ``uce_sd_erase.py``; for the
-empty anchor that is the start token). Every mode also keeps the start token: it is the same vector in
-every prompt, the unconditional one included, so its row (mapped onto itself) pins its keys and values;
-left out, the edit moves them and with them every prompt's output (the later reference script leaves
-it out). To keep the anchor's own images too, list the anchor under the preserve concepts.
+concept over its own token, the end-of-text token and the padding after it. The reference code has
+aligned the concept prompt with its anchor prompt in three ways over time, and ``tokens`` offers each:
+
+* ``"all"`` (the default; tuned on ShapesWorld) maps every position of the padded concept prompt onto
+  the anchor prompt's embedding at the same position, as the June-2023 development script
+  ``train-scripts/train-erasing-closed.py`` does.
+* ``"from_last"`` is the alignment of the script released with the paper
+  (``train-scripts/train_erase.py``, ``edit_model``): both prompts are read from their last word
+  token on (for the empty anchor that is the start token), position by position, and both slices are
+  cut to the same length L − max(f_c, f_a) (f = index of the last word token), so the concept's last
+  word maps onto the anchor's last word, its end token onto the anchor's end token, and so on; when
+  the prompts differ in length, the longer one's tail is dropped. Preserved prompts use every
+  position. That script also always preserves the empty prompt (``retain_texts = [''] + preserve``):
+  ``preserve_unconditional`` (or ``--preserve ""``) does the same here, and the ``paper`` preset
+  turns both on. The start token is *not* added to the erase rows in this mode (the script does not);
+  the preserved empty prompt pins it.
+* ``"prompt"`` keeps to the concept's own tokens and its end token; ``"last"`` uses only the concept's
+  last word token mapped onto the anchor's (the later reference script ``trainscripts/uce_sd_erase.py``;
+  for the empty anchor that is the start token).
+
+``"all"``, ``"prompt"`` and ``"last"`` also keep the start token: it is the same vector in every
+prompt, the unconditional one included, so its row (mapped onto itself) pins its keys and values;
+left out, the edit moves them and with them every prompt's output (``uce_sd_erase.py`` leaves it out).
+To keep the anchor's own images too, list the anchor under the preserve concepts. How far the modes
+differ, and how much each moves the unconditional prompt's keys and values, is measured by
+``benchmarks/parity/uce.py`` (numbers in ``benchmarks/parity/README.md``).
 """
 
 from __future__ import annotations
@@ -53,10 +70,36 @@ class UCEConfig:
     """η_p: weight of the preserve terms in eq. 7 (≥ 0)."""
     lamb: float = 0.5
     """λ: regulariser pulling W* towards W_old in unconstrained directions (> 0; reference default 0.5)."""
-    tokens: Literal["all", "prompt", "last"] = "all"
-    """Token positions edited: all (every position of the padded prompt, mapped position-wise onto the anchor prompt), prompt (the concept's tokens and end token), last (the concept's last word token onto the anchor's); the start token is always kept in place."""
+    tokens: Literal["all", "from_last", "prompt", "last"] = "all"
+    """Token positions edited: all (every position of the padded prompt, mapped position-wise onto the anchor prompt), from_last (both prompts from their last word token on, cut to one length: the script released with the paper), prompt (the concept's tokens and end token), last (the concept's last word token onto the anchor's); all but from_last also keep the start token in place."""
     use_templates: bool = False
     """Also edit each concept inside every prompt template of the concept spec ("a photo of a {}")."""
+    preserve_unconditional: bool = False
+    """Also preserve the unconditional prompt "" at every position (as --preserve ""; the script released with the paper always does)."""
+
+    # Named presets (-o preset=NAME), applied under explicit settings. paper: the script released with
+    # the paper (train-scripts/train_erase.py: lamb 0.5, erase_scale 1, no prompt expansion, the empty
+    # prompt always preserved; its default preserve_scale is max(0.1, 1 / (1 + number of preserve
+    # concepts)), i.e. 1 without preserve concepts: set -o preserve_scale to match it with some).
+    # shapesworld: the values tuned on the shipped model (= the defaults).
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {
+            "erase_scale": 1.0,
+            "preserve_scale": 1.0,
+            "lamb": 0.5,
+            "tokens": "from_last",
+            "use_templates": False,
+            "preserve_unconditional": True,
+        },
+        "shapesworld": {
+            "erase_scale": 1.0,
+            "preserve_scale": 1.0,
+            "lamb": 0.5,
+            "tokens": "all",
+            "use_templates": False,
+            "preserve_unconditional": False,
+        },
+    }
 
     def __post_init__(self) -> None:
         require(
@@ -111,19 +154,44 @@ def uce_right_factor(
     return u @ v
 
 
+def end_position(ids: torch.Tensor, end_token: int) -> int:
+    """Index of the end-of-text token in one prompt's padded ids [L] (the last index if truncated)."""
+    is_end = (ids[1:] == end_token).nonzero()
+    return int(is_end[0]) + 1 if len(is_end) else ids.shape[0] - 1
+
+
 def token_positions(ids: torch.Tensor, end_token: int, mode: str) -> list[int]:
     """Positions of one prompt's padded token ids ``ids`` [L] that ``mode`` edits (see module doc).
 
     Position 0, the start token, always comes first: it is the same in every prompt and is kept.
+    ("from_last" pairs two prompts: see :func:`from_last_positions`.)
     """
     length = ids.shape[0]
-    is_end = (ids[1:] == end_token).nonzero()
-    end = int(is_end[0]) + 1 if len(is_end) else length - 1  # index of the end-of-text token
+    end = end_position(ids, end_token)
     if mode == "last":
         return [0, max(end - 1, 0)]
     if mode == "prompt":
         return list(range(0, end + 1))
     return list(range(0, length))
+
+
+def from_last_positions(
+    concept_ids: torch.Tensor, anchor_ids: torch.Tensor, end_token: int
+) -> tuple[list[int], list[int]]:
+    """Aligned positions of a concept prompt and its anchor prompt, as the released paper script does.
+
+    With f_c, f_a the indices of each prompt's last word token (the end token's index − 1; 0, the
+    start token, for the empty prompt) and f = max(f_c, f_a), the concept's positions
+    f_c … L − 1 − (f − f_c) pair one to one with the anchor's f_a … L − 1 − (f − f_a).
+    """
+    length = concept_ids.shape[0]
+    f_c = end_position(concept_ids, end_token) - 1
+    f_a = end_position(anchor_ids, end_token) - 1
+    farthest = max(f_c, f_a)
+    return (
+        list(range(f_c, length - (farthest - f_c))),
+        list(range(f_a, length - (farthest - f_a))),
+    )
 
 
 # ---- glue to the backend --------------------------------------------------------------------------
@@ -139,6 +207,7 @@ def _pairs(concepts: ConceptSpec, use_templates: bool) -> tuple[list[tuple[str, 
             erase_pairs += [(p, "") for p in contexts(target.text)]
         else:
             erase_pairs += list(zip(contexts(target.text), contexts(target.anchor)))
+    # "" stands for the unconditional prompt and stays "" (ConceptSpec.prompts does not template it)
     preserve_prompts = [p for text in concepts.preserve for p in contexts(text)]
     return erase_pairs, preserve_prompts
 
@@ -149,6 +218,8 @@ def collect_embeddings(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """C_E, A and C_P (rows: token embeddings) from the backend's text encoder."""
     erase_pairs, preserve_prompts = _pairs(concepts, config.use_templates)
+    if config.preserve_unconditional and "" not in preserve_prompts:
+        preserve_prompts.append("")
     end_token = int(backend.token_ids([""])[0, 1])  # "" tokenises to [start, end, padding ...]
     sources = [s for s, _ in erase_pairs]
     anchors = [a for _, a in erase_pairs]
@@ -157,7 +228,11 @@ def collect_embeddings(
     n = len(sources)
     erase_rows, anchor_rows, preserve_rows = [], [], []
     for i in range(n):
-        if config.tokens == "last":
+        if config.tokens == "from_last":
+            concept_positions, anchor_positions = from_last_positions(ids[i], ids[n + i], end_token)
+            erase_rows.append(embeddings[i, concept_positions])
+            anchor_rows.append(embeddings[n + i, anchor_positions])
+        elif config.tokens == "last":
             # the concept's last word token onto the anchor's last word token
             erase_rows.append(embeddings[i, token_positions(ids[i], end_token, "last")])
             anchor_rows.append(embeddings[n + i, token_positions(ids[n + i], end_token, "last")])
@@ -168,7 +243,8 @@ def collect_embeddings(
             anchor_rows.append(embeddings[n + i, positions])
     for j in range(len(preserve_prompts)):
         row = 2 * n + j
-        preserve_rows.append(embeddings[row, token_positions(ids[row], end_token, config.tokens)])
+        mode = "all" if config.tokens == "from_last" else config.tokens  # the paper script: every position
+        preserve_rows.append(embeddings[row, token_positions(ids[row], end_token, mode)])
     dim = embeddings.shape[-1]
     preserve = torch.cat(preserve_rows) if preserve_rows else torch.zeros(0, dim)
     return torch.cat(erase_rows), torch.cat(anchor_rows), preserve
@@ -185,6 +261,7 @@ class UCE:
     smoke_overrides: ClassVar[tuple[str, ...]] = ()  # closed form: the defaults already take milliseconds
     # ConceptSpec.from_lists arguments for the conformance suite: UCE uses anchors and a preserve set.
     smoke_concepts: ClassVar[dict] = {"concepts": ["star"], "anchors": ["square"], "preserve": ["circle"]}
+    accepts_unconditional_preserve: ClassVar[bool] = True  # --preserve "" = the unconditional prompt
 
     def erase(self, backend: Any, concepts: ConceptSpec, config: UCEConfig) -> Artifact:
         erase, anchor, preserve = collect_embeddings(backend, concepts, config)
