@@ -346,6 +346,11 @@ def apply(artifact: Artifact, pipe: Any, *, force: bool = False) -> None:
         ErasekitError: the artifact was computed from other base weights (unless ``force``), or it
             names a parameter/module the pipeline lacks or with another shape.
     """
+    made_for, kind = artifact.manifest.get("backend"), getattr(pipe, "kind", "sd")
+    if made_for and made_for != kind:  # e.g. an EAR artifact (ar) on a diffusion model (sd)
+        raise ErasekitError(
+            f"Artifact {artifact.method} is for a model of kind {made_for!r} (this one is {kind!r}); apply it to the model it was made for."
+        )
     components = pipeline_components(pipe)
     stack = _stack_of(pipe, components)
     expected = artifact.manifest.get("base_fingerprint")
