@@ -187,6 +187,8 @@ def _load_backend(model: Any, device: str = "cpu") -> Any:
     from erasekit.zoo import load_model as load_backend
 
     backend = load_backend(model, device=device)
+    if getattr(backend, "kind", "sd") != "sd":  # e.g. the AR backend (shapes-ar): nothing to align
+        return backend
     # Weights stored in float16 may load as float16 next to a float32 UNet; compute in the UNet's dtype.
     for module in (backend.text_encoder, backend.vae):
         if module.dtype != backend.unet.dtype:
