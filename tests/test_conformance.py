@@ -53,6 +53,9 @@ def _output_for(backend, prompts: list[str]) -> torch.Tensor:
         if backend.kind == "ar":  # AR models: next-image-token logits over a fixed token history
             codes = torch.arange(backend.num_image_tokens).repeat(len(prompts), 1) % backend.codebook_size
             return backend.next_token_logits(backend.prompt_rows(prompts), codes)
+        if backend.kind == "causal_lm":  # code LMs: next-token logits of the prompts as text
+            batch = backend.encode(prompts)
+            return backend.logits(batch.input_ids, batch.attention_mask)
         latents = backend.initial_latents([7] * len(prompts))
         return backend.predict_noise(latents, 500, backend.encode_prompts(prompts))
 
@@ -64,6 +67,10 @@ def run(request) -> Run:
         from erasekit.backends.ar import build_tiny_ar_backend
 
         backend = build_tiny_ar_backend()
+    elif getattr(method, "backend_kind", "sd") == "causal_lm":  # code-LM unlearning: tiny random Llama
+        from erasekit.codeworld.tiny import build_tiny_code_lm_backend
+
+        backend = build_tiny_code_lm_backend()
     else:
         backend = load_backend("tiny")  # what the tiny_backend fixture builds, shared by this module's tests
     concepts = _smoke_spec(method)

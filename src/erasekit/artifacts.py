@@ -346,6 +346,11 @@ def apply(artifact: Artifact, pipe: Any, *, force: bool = False) -> None:
         ErasekitError: the artifact was computed from other base weights (unless ``force``), or it
             names a parameter/module the pipeline lacks or with another shape.
     """
+    made_for, kind = artifact.manifest.get("backend"), getattr(pipe, "kind", None)
+    if made_for and kind and (made_for == "causal_lm") != (kind == "causal_lm"):  # LM vs image model
+        raise ErasekitError(
+            f"Artifact {artifact.method} was made for a {made_for} model, not this {kind} model; apply it to the kind of model it was made for."
+        )
     made_for, kind = artifact.manifest.get("backend"), getattr(pipe, "kind", "sd")
     if made_for and made_for != kind:  # e.g. an EAR artifact (ar) on a diffusion model (sd)
         raise ErasekitError(

@@ -100,6 +100,10 @@ def load_model(model: str, *, retain: str | Path | None = None, **kwargs: Any) -
         retain: A file of retain prompts replacing the source's (.txt, .csv or .jsonl).
         **kwargs: Passed to the backend loader (``device``, ``dtype``, ``allow_pickle``).
     """
+    from erasekit import lm_zoo
+
+    if lm_zoo.handles(model):  # causal LMs: the shipped code-lm and HF causal-LM folders
+        return lm_zoo.load_lm(model, retain=retain, **kwargs)
     from erasekit.backends.sd import load_backend
 
     source = source_for(model)

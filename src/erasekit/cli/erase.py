@@ -17,6 +17,8 @@ from erasekit.errors import ErasekitError
 
 # A method whose config has this field reads user images (few-shot methods); `--images` fills it.
 IMAGES_FIELD = "images_dir"
+# A method whose config has this field unlearns a forget set (code-LM methods); `--forget` fills it.
+FORGET_FIELD = "forget_file"
 
 
 @app.command()
@@ -67,6 +69,14 @@ def erase(
         Path | None,
         typer.Option("--images", help="Folder of example images, for methods that learn from images."),
     ] = None,
+    forget: Annotated[
+        Path | None,
+        typer.Option(
+            "--forget",
+            help='Forget set of code-LM methods (codeeraser, ga, ga_kl): JSONL ({"text", optional "spans"/"secrets"}), a code file or a folder.',
+            show_default=False,
+        ),
+    ] = None,
     retain: Annotated[
         Path | None,
         typer.Option(
@@ -93,6 +103,8 @@ def erase(
     from erasekit.methods import get_method
 
     method_obj = get_method(method)
+    if forget is not None and not concept:  # code-LM methods erase the forget set's secrets, not a concept
+        concept = [f"secrets in {forget.name}"]
     concepts = ConceptSpec.from_lists(concept or [], anchor or [], preserve or [], kind=kind)
     fixed = {}
     field_names = {f.name for f in dataclasses.fields(method_obj.config_cls)}
@@ -102,8 +114,12 @@ def erase(
         if not images.is_dir():
             raise ErasekitError(f"Images folder {images} not found; pass a folder of example images.")
         fixed[IMAGES_FIELD] = str(images)
+    if forget is not None:
+        if FORGET_FIELD not in field_names:
+            raise ErasekitError(f"Method {method} takes no forget file; leave out --forget (it erases --concept).")
+        fixed[FORGET_FIELD] = str(forget)
     method_config = build_config(method_obj.config_cls, config, override or [], **fixed)
-    if retain is not None:
+    if retain is not None and FORGET_FIELD not in field_names:  # code-LM methods read code files
         from erasekit.sources import read_captions
 
         read_captions(retain)  # a bad file fails here, before the model loads

@@ -15,7 +15,7 @@ import typer
 from erasekit.cli.app import app, emit, user_errors
 from erasekit.errors import ErasekitError
 
-SUITES = ("shapesworld",)
+SUITES = ("shapesworld", "memorization")
 
 
 @app.command()
@@ -28,7 +28,17 @@ def evaluate(
             "--artifact", help="Erasure artifact to apply (repeatable; stacked in order).", show_default=False
         ),
     ] = None,
-    suite: Annotated[str, typer.Option("--suite", help="Evaluation suite: shapesworld.")] = "shapesworld",
+    suite: Annotated[
+        str, typer.Option("--suite", help="Evaluation suite: shapesworld, or memorization (code LMs).")
+    ] = "shapesworld",
+    forget: Annotated[
+        str | None,
+        typer.Option(
+            "--forget",
+            help="memorization suite: the forget set (JSONL or code files; `model` = the model's own).",
+            show_default=False,
+        ),
+    ] = None,
     erased: Annotated[
         str | None,
         typer.Option(
@@ -127,6 +137,13 @@ def evaluate(
 
     if suite not in SUITES:
         raise ErasekitError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
+    if suite == "memorization":  # code LMs: logic in evaluation/memorization_suite.py
+        from erasekit.evaluation import memorization_suite as mem
+
+        artifacts = [str(path) for path in artifact or []]
+        result = mem.evaluate_memorization(model, artifacts, forget, seed=seed, force=force, device=device, out=out)
+        emit(result, as_json, mem.human)
+        return
     if steps is not None and steps < 1:
         raise ErasekitError(f"--steps must be at least 1; got {steps}")
     if seeds_per_prompt < 1 or batch_size < 1:

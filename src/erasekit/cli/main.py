@@ -10,7 +10,7 @@ from erasekit.cli.app import app
 
 # One line per command module. A module that is not there yet is skipped only if it does not exist;
 # an import error inside an existing module is a bug and propagates.
-COMMAND_MODULES = ("erase", "generate", "info", "evaluate", "attack", "report", "world", "demo")
+COMMAND_MODULES = ("erase", "generate", "info", "evaluate", "attack", "report", "world", "demo", "codeworld")
 
 
 def _register() -> None:

@@ -16,6 +16,9 @@ _REGISTRY: dict[str, str] = {
     "abo": "erasekit.methods.abo:AllButOne",
     "ear": "erasekit.methods.ear:EAR",
     "esd_ar": "erasekit.methods.ear:ESDAR",
+    "codeeraser": "erasekit.methods.codeeraser:CodeEraser",
+    "ga": "erasekit.methods.codeeraser:GradientAscent",
+    "ga_kl": "erasekit.methods.codeeraser:ConstraintGA",
 }
 
 
