@@ -47,13 +47,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from erasekit.artifacts import Artifact
-from erasekit.concepts import ConceptSpec
+from erasekit.concepts import ConceptSpec, fix_articles
 from erasekit.methods.base import require
 
 
@@ -81,6 +81,8 @@ class AllButOneConfig:
     """Classifier-free guidance scale of the cached trajectories."""
     max_preserve_prompts: int = 64
     """Cap on preserve prompts (preserve concepts × templates) used for the cache."""
+    no_anchor: Literal["remove", "unconditional"] = "remove"
+    """What a target without an anchor follows: the guidance of its prompt with the concept word left out (remove: "a green star on a striped background" → "a green on a striped background", so colour and background keep their guidance) or no guidance at all (unconditional: the whole prompt's guidance removed; on ShapesWorld 5 of 8 stars stayed after 60 steps)."""
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, "steps must be at least 1.")
@@ -116,6 +118,17 @@ def predict_pair(backend: Any, x: torch.Tensor, t: torch.Tensor, cond: torch.Ten
     """(ε(x, c), ε(x, ∅)) in one batched denoiser call."""
     both = backend.predict_noise(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
     return both.chunk(2)
+
+
+def alternative_prompt(template: str, anchor: str | None, no_anchor: str) -> str | None:
+    """c_alt for one template: the anchor in the concept's place, else (remove) the template without
+    the concept, whose guidance the target then follows; None = no guidance (g_θ₀(·, c_alt) := 0)."""
+    if anchor:
+        return template.format(anchor)
+    if no_anchor == "unconditional":
+        return None
+    text = fix_articles(" ".join(template.format("").split()))
+    return text or None
 
 
 class AllButOne:
@@ -167,7 +180,7 @@ class AllButOne:
         for target in concepts.targets:
             for template in concepts.templates:
                 target_prompts.append(template.format(target.text))
-                alt_prompts.append(template.format(target.anchor) if target.anchor else None)
+                alt_prompts.append(alternative_prompt(template, target.anchor, config.no_anchor))
         # States visited when prompting the target, and (if given) the alternative.
         visit = [(i, target_prompts[i]) for i in range(len(target_prompts))]
         visit += [(i, alt_prompts[i]) for i in range(len(alt_prompts)) if alt_prompts[i] is not None]
