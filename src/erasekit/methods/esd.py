@@ -9,9 +9,10 @@ trained with the MSE between the two sides. ``eta`` is this η, the paper's nega
 1). The current reference script (``esd_sd.py``) writes the target as
 ε_θ*(x_t, c, t) − g [ε_θ*(x_t, c, t) − ε_θ*(x_t, t)], which is eq. 3 with η = g − 1: its
 ``--negative_guidance 2`` (the default) is the paper's η = 1, and the same number given to eq. 3
-would be η = 2, four times the loss at the start (the target's distance from ε_θ*(x_t, c, t) is
-(1 + η) |ε_c − ε_∅|). ``eta_convention=reference`` takes the number in the script's convention;
-the ``reference`` preset does that with the script's other defaults (see :data:`ESDConfig.PRESETS`).
+would be η = 2: at the start (θ = θ*) the loss is (1 + η)² ‖ε_c − ε_∅‖²/n, so 9/4 of the
+intended one (measured: ``benchmarks/parity/esd.py``). ``eta_convention=reference`` takes the number
+in the script's convention; the ``reference`` preset does that with the script's other defaults
+(see :data:`ESDConfig.PRESETS`).
 
 Each iteration draws a DDIM step index k at random, makes x_t by denoising seeded noise for k of
 ``ddim_steps`` steps under the concept prompt (classifier-free guidance ``start_guidance``) with the

@@ -32,7 +32,14 @@ What is implemented (symbols as in the paper):
   flattened sequence), so every prompt gets about half the membrane; the anchoring is what keeps
   other concepts intact, not the gate (with the token part alone, IRA stays 1.0 but synonyms, which
   share no token, pass: synonym UA 0). Giving the unconditional row γ = 0 or the conditional row's γ
-  changed none of UA / synonym UA / IRA on ShapesWorld (red). See
+  changed none of UA / synonym UA / IRA on ShapesWorld (red). ``gate=reference`` reproduces the
+  public code's gate (γ², the prompt's γ on CFG's unconditional rows too; the ``paper`` preset uses
+  it). Measured on the shipped ShapesWorld model with the same trained membranes (the gate acts only
+  at inference), default protocol: star synonym UA 1.00 (facilitated) vs 0.38 (reference), striped
+  1.00 vs 0.25, red 1.00 vs 1.00 — UA 1.00 and CRA 1.00 everywhere; red IRA 0.93 vs 1.00 and FID
+  184 vs 131 (base 121): γ² shrinks the membrane on synonyms (cos part < 1) more than on the concept,
+  and the unconditional row's own γ (0.88) costs red a little IRA. ``facilitated`` stays the default
+  for its synonym coverage (numbers and commands: ``benchmarks/parity/README.md``). See
   :class:`SPMGate` for how the gate finds a prompt's tokens when all the UNet sees is its embedding.
 
 Teacher and student share one UNet: the membrane is a set of toggleable forward hooks, switched off
