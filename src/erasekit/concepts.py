@@ -38,6 +38,13 @@ def fix_articles(text: str) -> str:
     )
 
 
+def without_concept(template: str) -> str:
+    """``template`` with its concept slot left out: "a green {} on a plain background" → "a green on a
+    plain background"; an article right before the slot goes with it ("a {} on ..." → "on ...")."""
+    text = re.sub(r"\b(?:a|an|the)\s+\{\}", "{}", template, flags=re.IGNORECASE).replace("{}", "")
+    return fix_articles(" ".join(text.split()))
+
+
 def swap_word(text: str, word: str, other: str) -> str:
     """``text`` with the whole word ``word`` replaced by ``other``, articles fixed."""
     return fix_articles(re.sub(rf"\b{re.escape(word)}\b", other, text))

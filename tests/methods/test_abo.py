@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from erasekit.artifacts import apply
+from erasekit.artifacts import apply, revert
 from erasekit.backends.sd import SDBackend
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config
@@ -60,12 +60,39 @@ def test_without_anchor_the_target_guidance_is_removed(tiny_backend, tiny_pipeli
     x, t = probe
     method = get_method("abo")
     concepts = ConceptSpec.from_lists(["cat"], templates=TEMPLATES)
-    artifact = run_method(method, tiny_backend, concepts, build_config(method.config_cls, None, FAST))
+    config = build_config(method.config_cls, None, FAST + ["no_anchor=unconditional"])
+    artifact = run_method(method, tiny_backend, concepts, config)
     base = SDBackend(tiny_pipeline, name="tiny")
     g_before, _ = guidance(base, x, t, "a photo of a cat")
     apply(artifact, tiny_pipeline)
-    g_after, _ = guidance(base, x, t, "a photo of a cat")
+    try:
+        g_after, _ = guidance(base, x, t, "a photo of a cat")
+    finally:
+        revert(tiny_pipeline)
     assert g_after.norm() < 0.5 * g_before.norm()
+
+
+def test_without_anchor_the_target_follows_its_prompt_without_the_concept(tiny_backend, tiny_pipeline, probe):
+    from erasekit.methods.abo import alternative_prompt
+
+    assert alternative_prompt("a photo of a {}", None, "remove") == "a photo of"
+    assert alternative_prompt("a {} on a striped background", None, "remove") == "on a striped background"
+    assert alternative_prompt("a green {} on a grid", None, "remove") == "a green on a grid"
+    assert alternative_prompt("{}", None, "remove") is None  # nothing left: no guidance
+    assert alternative_prompt("a photo of a {}", "dog", "remove") == "a photo of a dog"
+    x, t = probe
+    method = get_method("abo")
+    concepts = ConceptSpec.from_lists(["cat"], templates=["a photo of a {}"])
+    artifact = run_method(method, tiny_backend, concepts, build_config(method.config_cls, None, FAST))
+    base = SDBackend(tiny_pipeline, name="tiny")
+    g_cat, _ = guidance(base, x, t, "a photo of a cat")
+    g_rest, _ = guidance(base, x, t, "a photo of")
+    apply(artifact, tiny_pipeline)
+    try:
+        g_after, _ = guidance(base, x, t, "a photo of a cat")
+    finally:
+        revert(tiny_pipeline)
+    assert (g_after - g_rest).norm() < 0.5 * (g_cat - g_rest).norm()
 
 
 def test_bad_config_raises_one_line_errors():

@@ -53,8 +53,9 @@ import torch
 import torch.nn.functional as F
 
 from erasekit.artifacts import Artifact
-from erasekit.concepts import ConceptSpec, fix_articles
+from erasekit.concepts import ConceptSpec, without_concept
 from erasekit.methods.base import require
+from erasekit.methods.training import TrainedParameters
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,7 @@ def alternative_prompt(template: str, anchor: str | None, no_anchor: str) -> str
         return template.format(anchor)
     if no_anchor == "unconditional":
         return None
-    text = fix_articles(" ".join(template.format("").split()))
-    return text or None
+    return without_concept(template) or None
 
 
 class AllButOne:
@@ -147,29 +147,24 @@ class AllButOne:
         "batch_size=2",
     )
 
-    def erase(self, backend: Any, concepts: ConceptSpec, config: AllButOneConfig) -> Artifact:
+    def erase(
+        self,
+        backend: Any,
+        concepts: ConceptSpec,
+        config: AllButOneConfig,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Artifact:
         params = backend.parameters_for(config.target)
-        seed_base = int(torch.randint(2**31 - 1, (1,)))
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        seed_base = int(torch.randint(2**31 - 1, (1,), generator=generator))
         rng = random.Random(seed_base)
         generator = torch.Generator().manual_seed(seed_base)
         target_set, preserve_set = self._teacher_cache(backend, concepts, config, rng)
-
-        originals = {n: p.detach().clone() for n, p in params.items()}
-        try:
-            with torch.enable_grad():  # callers may hold no_grad; training needs autograd
-                report = self._train(backend, config, params, target_set, preserve_set, generator)
-            deltas = {n: p.detach() - originals[n] for n, p in params.items()}
-        finally:
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(originals[n])
-                    p.requires_grad_(False)
-                    p.grad = None
-
-        artifact = Artifact(self.name)
-        for n, delta in deltas.items():
-            if delta.abs().max() > 0:
-                artifact.add_weight(n, delta, mode="delta")
+        with TrainedParameters(params) as trained:
+            report = self._train(backend, config, params, target_set, preserve_set, generator)
+            artifact = trained.delta_artifact(self.name)
         artifact.manifest["training"] = report
         return artifact
 

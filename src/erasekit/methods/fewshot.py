@@ -71,6 +71,7 @@ from erasekit.artifacts import Artifact
 from erasekit.concepts import ConceptSpec, swap_word
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import require
+from erasekit.methods.training import TrainedParameters
 from erasekit.sources import source_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -226,22 +227,9 @@ class FewShot:
         generator = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
         data = [self._concept_latents(backend, concepts, t.text, config, generator) for t in concepts.targets]
 
-        originals = {n: p.detach().clone() for n, p in params.items()}
-        try:
-            with torch.enable_grad():  # callers may hold no_grad; training needs autograd
-                report = self._train(backend, concepts, config, params, data, generator, rng)
-            deltas = {n: (p.detach() - originals[n]) for n, p in params.items()}
-        finally:
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(originals[n])
-                    p.requires_grad_(False)
-                    p.grad = None
-
-        artifact = Artifact(self.name)
-        for n, delta in deltas.items():
-            if delta.abs().max() > 0:
-                artifact.add_weight(n, delta, mode="delta")
+        with TrainedParameters(params) as trained:
+            report = self._train(backend, concepts, config, params, data, generator, rng)
+            artifact = trained.delta_artifact(self.name)
         artifact.manifest["training"] = report
         return artifact
 
