@@ -13,6 +13,7 @@ import erasekit.artifacts as artifacts_module
 from erasekit.artifacts import (
     Artifact,
     InferenceHook,
+    applied,
     applied_artifacts,
     apply,
     artifact_paths,
@@ -54,6 +55,28 @@ def test_apply_revert_bit_exact_and_stack_any_order(tiny_backend, tmp_path):
     revert(tiny_backend)
     final = _snapshot(tiny_backend)
     assert all(torch.equal(before[k], final[k]) for k in before)
+
+
+def test_applied_context_manager_reverts_on_exit_and_on_error_and_keeps_others(tiny_backend):
+    before = _snapshot(tiny_backend)
+    outer = _delta_artifact(tiny_backend, target="text_mlp", seed=3)
+    a, b = _delta_artifact(tiny_backend, seed=4), _delta_artifact(tiny_backend, seed=5)
+    apply(outer, tiny_backend)
+    try:
+        with_outer = _snapshot(tiny_backend)
+        with applied([a, b], tiny_backend) as model:
+            assert model is tiny_backend
+            assert [x is y for x, y in zip(applied_artifacts(tiny_backend), [outer, a, b])] == [True] * 3
+            inside = _snapshot(tiny_backend)
+        assert any(not torch.equal(inside[k], with_outer[k]) for k in inside)
+        assert all(torch.equal(with_outer[k], v) for k, v in _snapshot(tiny_backend).items())
+        with pytest.raises(RuntimeError, match="boom"), applied(a, tiny_backend):
+            raise RuntimeError("boom")
+        assert applied_artifacts(tiny_backend) == [outer]
+        assert all(torch.equal(with_outer[k], v) for k, v in _snapshot(tiny_backend).items())
+    finally:
+        revert(tiny_backend)
+    assert all(torch.equal(before[k], v) for k, v in _snapshot(tiny_backend).items())
 
 
 # ---- file format -------------------------------------------------------------------------------------------

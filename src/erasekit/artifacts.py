@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from torch import nn
 
 from erasekit.backends.base import fingerprint_components, named_modules_of, named_parameters_of
 from erasekit.errors import ErasekitError
+from erasekit.files import atomic_write
 
 FORMAT_VERSION = 1
 _COMPONENT_NAMES = ("unet", "text_encoder", "text_encoder_2", "transformer", "model")
@@ -119,10 +120,10 @@ class Artifact:
         tensor_path, manifest_path = artifact_paths(path)
         tensor_path.parent.mkdir(parents=True, exist_ok=True)
         manifest = dict(self.manifest, method=self.method, format_version=FORMAT_VERSION)
-        _atomic_write(
+        atomic_write(
             tensor_path, lambda tmp: save_file(self.tensors, tmp, metadata={"erasekit_method": self.method})
         )
-        _atomic_write(
+        atomic_write(
             manifest_path,
             lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str)),
         )
@@ -191,30 +192,6 @@ def artifact_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
-
-
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    tmp = os.fspath(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
-    try:
-        write(tmp)
-        # safetensors writes files private (0600); give them the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    try:  # Linux: read it without changing it (os.umask can only be read by setting it)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # ---- inference-time hook kinds ---------------------------------------------------------------------
@@ -346,13 +323,8 @@ def apply(artifact: Artifact, pipe: Any, *, force: bool = False) -> None:
         ErasekitError: the artifact was computed from other base weights (unless ``force``), or it
             names a parameter/module the pipeline lacks or with another shape.
     """
-    made_for, kind = artifact.manifest.get("backend"), getattr(pipe, "kind", None)
-    if made_for and kind and (made_for == "causal_lm") != (kind == "causal_lm"):  # LM vs image model
-        raise ErasekitError(
-            f"Artifact {artifact.method} was made for a {made_for} model, not this {kind} model; apply it to the kind of model it was made for."
-        )
-    made_for, kind = artifact.manifest.get("backend"), getattr(pipe, "kind", "sd")
-    if made_for and made_for != kind:  # e.g. an EAR artifact (ar) on a diffusion model (sd)
+    made_for, kind = artifact.manifest.get("backend"), model_kind(pipe)
+    if made_for and kind and made_for != kind:  # e.g. an EAR artifact (ar) on a diffusion model (sd)
         raise ErasekitError(
             f"Artifact {artifact.method} is for a model of kind {made_for!r} (this one is {kind!r}); apply it to the model it was made for."
         )
@@ -366,6 +338,32 @@ def apply(artifact: Artifact, pipe: Any, *, force: bool = False) -> None:
     _check_compatible(artifact, components)
     _apply_one(artifact, components, stack)
     stack.applied.append(artifact)
+
+
+def model_kind(pipe: Any) -> str | None:
+    """The backend kind of ``pipe`` (``sd``, ``ar``, ``causal_lm``…): an erasekit backend says so; a
+    stock diffusers pipeline (it has a ``unet``) is ``sd``; other stock models are not classified."""
+    kind = getattr(pipe, "kind", None)
+    if isinstance(kind, str) and kind:
+        return kind
+    return "sd" if hasattr(pipe, "unet") else None
+
+
+@contextmanager
+def applied(artifacts: Artifact | Sequence[Artifact], pipe: Any, *, force: bool = False) -> Iterator[Any]:
+    """``with applied(artifact, model):`` — the artifacts (one or a list, stacked in order) are applied
+    inside the block and removed on the way out, also when the block raises; other artifacts already
+    applied to ``pipe`` stay."""
+    items = [artifacts] if isinstance(artifacts, Artifact) else list(artifacts)
+    done: list[Artifact] = []
+    try:
+        for artifact in items:
+            apply(artifact, pipe, force=force)
+            done.append(artifact)
+        yield pipe
+    finally:
+        for artifact in reversed(done):
+            revert(pipe, artifact)
 
 
 def revert(pipe: Any, artifact: Artifact | None = None) -> None:

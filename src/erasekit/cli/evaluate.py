@@ -307,9 +307,9 @@ def _score_prompts(model, artifacts, prompts, rows, out, steps, guidance, batch_
         device=device,
     )
     if out is not None:
-        from erasekit.evaluation.generate import _atomic_write_bytes
+        from erasekit.files import atomic_write_bytes
 
-        _atomic_write_bytes(Path(out) / "results.json", (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write_bytes(Path(out) / "results.json", (json.dumps(result, indent=2) + "\n").encode())
     return result
 
 

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 from PIL import Image
 
 from erasekit.errors import ErasekitError
+from erasekit.files import atomic_write_bytes
 
 MANIFEST = "manifest.jsonl"
 IMAGE_DIR = "images"
@@ -143,25 +143,10 @@ def merge_manifests(out_dir: str | os.PathLike, rows: Sequence[dict] | None = No
             f"{len(missing)} rows are not generated yet (first: {missing[0]}); run the remaining shards first"
         )
     text = "".join(json.dumps(done[rid], sort_keys=True) + "\n" for rid in order)
-    _atomic_write_bytes(folder / MANIFEST, text.encode())
+    atomic_write_bytes(folder / MANIFEST, text.encode())
     for shard in folder.glob("manifest.shard-*-of-*.jsonl"):
         shard.unlink()
     return folder / MANIFEST
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; run folders are meant to be shared and read
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ---- images ------------------------------------------------------------------------------------------------
@@ -279,7 +264,7 @@ def generate_rows(
                 continue
             data = to_png_bytes(image)
             relative = f"{IMAGE_DIR}/{row['id']}.png"
-            _atomic_write_bytes(folder / relative, data)
+            atomic_write_bytes(folder / relative, data)
             entry = {
                 **row,
                 **settings,

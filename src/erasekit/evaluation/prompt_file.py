@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from erasekit.errors import ErasekitError
-from erasekit.evaluation.generate import _atomic_write_bytes, generate_rows
+from erasekit.evaluation.generate import generate_rows
 from erasekit.evaluation.shapesworld import (
     _apply_all,
     _artifact_record,
@@ -27,6 +27,7 @@ from erasekit.evaluation.shapesworld import (
     default_sampling,
     judge_rows,
 )
+from erasekit.files import atomic_write_bytes
 from erasekit.world.concepts import DOMAINS, check_concept
 
 
@@ -173,7 +174,7 @@ def score_prompt_file(
                 )
                 + "\n"
             )
-        _atomic_write_bytes(Path(rows_out), "".join(lines).encode())
+        atomic_write_bytes(Path(rows_out), "".join(lines).encode())
     return {
         "accuracy": accuracy,
         "counts": counts,

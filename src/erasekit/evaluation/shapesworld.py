@@ -33,8 +33,9 @@ from typing import Any
 import torch
 
 from erasekit.errors import ErasekitError
-from erasekit.evaluation.generate import _atomic_write_bytes, generate_rows, load_images
+from erasekit.evaluation.generate import generate_rows, load_images
 from erasekit.evaluation.metrics import frechet_distance, protocol_metrics, ratio
+from erasekit.files import atomic_write_bytes
 from erasekit.world.captions import FULL_TEMPLATES, fill
 from erasekit.world.concepts import DOMAINS, SYNONYMS, domain_of
 from erasekit.world.render import render_labels
@@ -176,7 +177,7 @@ def score_run(judge: Any, rows: Sequence[dict], folder: Path, erased: str, seed:
         + "\n"
         for r in judged
     ]
-    _atomic_write_bytes(folder / "predictions.jsonl", "".join(lines).encode())
+    atomic_write_bytes(folder / "predictions.jsonl", "".join(lines).encode())
     return {**metrics, "fid": fid, "fid_images": len(retain), "judge_seconds": time.perf_counter() - start}
 
 
@@ -421,7 +422,7 @@ def evaluate_shapesworld(
         if attack_results is not None:
             result["attacks"] = attack_results
         if out_dir is not None:
-            _atomic_write_bytes(run_dir / "results.json", (json.dumps(result, indent=2) + "\n").encode())
+            atomic_write_bytes(run_dir / "results.json", (json.dumps(result, indent=2) + "\n").encode())
         return result
     finally:
         if temp is not None:
@@ -480,7 +481,7 @@ def _base_scores(
         base["cached"] = True
     else:
         base = context.run(base_dir)
-        _atomic_write_bytes(cached_file, (json.dumps(base, indent=2) + "\n").encode())
+        atomic_write_bytes(cached_file, (json.dumps(base, indent=2) + "\n").encode())
         base["cached"] = False
     base["cache_key"] = key
     base["dir"] = str(base_dir)

@@ -38,7 +38,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -50,6 +49,7 @@ from torch import nn
 from erasekit.artifacts import Artifact, InferenceHook, register_hook_kind
 from erasekit.backends.base import fingerprint_components
 from erasekit.concepts import ConceptSpec, swap_word
+from erasekit.files import atomic_write
 from erasekit.methods.base import require
 from erasekit.sources import DataSource, source_of
 
@@ -405,15 +405,8 @@ def _layer_states(backend, layer_name: str, prompts: list[str], batch: int = 256
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
 
 class ItD:

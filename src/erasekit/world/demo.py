@@ -154,7 +154,7 @@ def run_demo(
         "seconds": round(time.perf_counter() - start, 3),
         "evaluation": evaluation,
     }
-    from erasekit.evaluation.generate import _atomic_write_bytes
+    from erasekit.files import atomic_write_bytes
 
-    _atomic_write_bytes(out / "demo.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "demo.json", (json.dumps(result, indent=2) + "\n").encode())
     return result

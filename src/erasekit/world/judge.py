@@ -21,9 +21,8 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from erasekit.errors import ErasekitError
+from erasekit.files import atomic_write
 from erasekit.world.concepts import COLORS, SHAPES, STYLES
 from erasekit.world.render import render_labels, sample_labels
 
@@ -202,29 +202,16 @@ def load_judge(path: str | os.PathLike | None = None) -> Judge:
     return Judge(net, config, info)
 
 
-def _atomic(path: Path, write: Callable[[str], Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; shipped and user files should be readable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_judge(judge: Judge, folder: str | os.PathLike) -> Path:
     """Write ``judge.safetensors`` and ``judge.json`` atomically into ``folder``."""
     import hashlib
 
     folder = Path(folder)
     state = {k: v.detach().contiguous() for k, v in judge.net.state_dict().items()}
-    _atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
     judge.info["weights_sha256"] = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
     info = {**judge.info, "config": dataclasses.asdict(judge.config)}
-    _atomic(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
+    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
     return folder
 
 
