@@ -45,7 +45,18 @@ def _load(name: str):
 
 def test_bench_methods_records_the_protocol_and_attacks(tmp_path, monkeypatch):
     monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
-    argv = ["--model", "tiny", "--methods", "uce", "--concepts", "star", "--seeds-per-prompt", "1"]
+    argv = [
+        "--model",
+        "tiny",
+        "--methods",
+        "uce",
+        "--concepts",
+        "star",
+        "--seeds-per-prompt",
+        "1",
+        "--spec",
+        "benchmark",
+    ]
     argv += ["--attacks", "synonym", "--out-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
     _load("bench_methods").main(argv)
     record = json.loads((tmp_path / "shapesworld_uce_star.json").read_text())

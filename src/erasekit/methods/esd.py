@@ -51,7 +51,7 @@ VARIANT_TARGETS = {"x": "cross_attn", "u": "unet_non_cross"}
 @dataclass(frozen=True)
 class ESDConfig:
     preset: str = "default"
-    """Named defaults applied under your explicit settings (-o preset=NAME): default, or another name listed by `erasekit methods` (paper: the paper's / reference code's values; shapesworld: tuned on the shipped ShapesWorld model)."""
+    """Named defaults applied under your explicit settings (-o preset=NAME): default, paper (the paper's values), reference (esd_sd.py's defaults, η in its convention, x_t from the frozen model) or shapesworld (tuned on the shipped ShapesWorld model)."""
     variant: Literal["x", "u"] = "x"
     """ESD-x (train cross-attention: erases a prompt-bound concept, e.g. a style) or ESD-u (train the rest of the UNet: erases a concept globally, e.g. nudity)."""
     iterations: int = 1000

@@ -96,7 +96,7 @@ class SPMConfig:
     neutral: Literal["remove", "empty"] = "remove"
     """c_n of the ESD target when the concept has no anchor: its prompt with the concept word left out (remove; on the bare word that is the paper's "") or the empty prompt (empty)."""
     gate: Literal["facilitated", "reference", "always"] = "facilitated"
-    """Inference gate: facilitated (transport γ of eq. 8 per batch row, multiplying the adapter output once), reference (as the public infer_spm.py: both factors scaled by γ, so γ², and CFG's unconditional row gated with its prompt's γ), or always (γ = 1)."""
+    """Inference gate: facilitated (transport γ of eq. 8 per batch row, multiplying the adapter output once), reference (as the public infer_spm.py: both factors scaled by γ, so γ², and CFG's unconditional row gated with its prompt's γ), or always (γ = 1). facilitated is the default: on ShapesWorld it kept synonym UA 1.00 where reference fell to 0.25–0.38 (benchmarks/parity/README.md)."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip (0 = off)."""
 
