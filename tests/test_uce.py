@@ -206,6 +206,10 @@ def test_empty_preserve_concept_is_the_unconditional_prompt(tiny_backend):
     _, _, preserve = collect_embeddings(tiny_backend, spec, UCEConfig(use_templates=True))
     length = tiny_backend.token_ids([""]).shape[1]
     assert preserve.shape[0] == length * (1 + len(spec.templates))
+    # in every token mode the unconditional prompt is kept at every position
+    only_empty = ConceptSpec.from_lists(["star"], preserve=[""])
+    for tokens in ("prompt", "last"):
+        assert collect_embeddings(tiny_backend, only_empty, UCEConfig(tokens=tokens))[2].shape[0] == length
 
 
 @pytest.mark.parametrize(

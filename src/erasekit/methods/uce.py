@@ -243,7 +243,9 @@ def collect_embeddings(
             anchor_rows.append(embeddings[n + i, positions])
     for j in range(len(preserve_prompts)):
         row = 2 * n + j
-        mode = "all" if config.tokens == "from_last" else config.tokens  # the paper script: every position
+        # every position for the paper script's alignment and for the unconditional prompt (whose
+        # padding positions the UNet reads in every CFG step)
+        mode = "all" if config.tokens == "from_last" or preserve_prompts[j] == "" else config.tokens
         preserve_rows.append(embeddings[row, token_positions(ids[row], end_token, mode)])
     dim = embeddings.shape[-1]
     preserve = torch.cat(preserve_rows) if preserve_rows else torch.zeros(0, dim)
