@@ -7,6 +7,8 @@ here; CI runs them for real through `.ci/run`, which must run exactly the README
 
 from __future__ import annotations
 
+import json
+
 import os
 import re
 import shlex
@@ -93,10 +95,21 @@ def test_setup_script_is_idempotent():
     assert "up to date" in result.stdout
 
 
-def test_top_command_runs(tmp_path, monkeypatch):
+def test_top_command_erases_star_and_keeps_the_rest(tmp_path, monkeypatch):
+    """The README's first command, as printed, then its numbers: issue 3's bar on the shipped model."""
     monkeypatch.chdir(tmp_path)
     main, _tests = top_commands()
-    assert run_erasekit(main[len(SETUP) :]).strip()  # it tells the user what it did
+    command = main[len(SETUP) :]
+    assert run_erasekit(command).strip()  # it tells the user what it did
+    result = json.loads((tmp_path / "runs" / "demo" / "demo.json").read_text())
+    evaluation = result["evaluation"]
+    assert evaluation["erased"] == "star" and evaluation["n"]["target"] >= 16
+    assert evaluation["ua"] >= 0.9, evaluation["ua"]
+    assert evaluation["ira"] >= 0.9 * evaluation["base"]["ira"]
+    assert evaluation["cra"] >= 0.95 * evaluation["base"]["cra"]
+    assert evaluation["base"]["ua"] <= 0.2  # the base model draws stars: there was something to erase
+    assert (tmp_path / "runs" / "demo" / "before_after.png").stat().st_size > 1000
+    assert (tmp_path / "runs" / "demo" / "uce-star.safetensors").is_file()
 
 
 def test_every_cli_example_runs_in_order(tmp_path, monkeypatch):

@@ -176,3 +176,23 @@ def test_prompt_file_run_is_named_but_not_in_the_metric_table(tmp_path):
     assert run["name"] == "esd"
     page = build_report([folder])
     assert '<td class="name">esd</td>' not in page.split('id="metrics"')[1].split("</table>")[0]
+
+
+def test_report_without_matplotlib_names_the_extra_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from erasekit.cli.main import _register, app
+
+    _register()  # the commands register on import (before find_spec is patched)
+    real = importlib.util.find_spec
+
+    def without_matplotlib(name, package=None):
+        return None if name == "matplotlib" else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_matplotlib)
+    (tmp_path / "run").mkdir()
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 2
+    assert "erasekit[report]" in result.output and "Traceback" not in result.output

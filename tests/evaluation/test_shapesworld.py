@@ -335,7 +335,7 @@ def test_uce_erases_star_from_the_shipped_model(tmp_path):
     Slow (about a minute of CPU: 104 images at 25 steps) and needs the shipped weights, so it runs
     only with ``-m slow``.
     """
-    from erasekit.world.demo import run_demo
+    from erasekit.cli.demo import run_demo
     from erasekit.world.model import SHIPPED_MODEL_DIR
 
     if not (SHIPPED_MODEL_DIR / "model_index.json").is_file():

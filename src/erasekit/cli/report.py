@@ -28,6 +28,12 @@ def report(
 
     if per_group < 1:
         raise ErasekitError(f"--per-group must be at least 1, not {per_group}.")
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ErasekitError(
+            "erasekit report draws its plots with matplotlib; install the report extra: pip install 'erasekit[report]'."
+        )
     path = write_report(run_dirs, out, title=title, per_group=per_group)
     summary = {"out": str(path), "runs": [str(d) for d in run_dirs], "bytes": path.stat().st_size}
     emit(
