@@ -8,7 +8,6 @@ here; CI runs them for real through `.ci/run`, which must run exactly the README
 from __future__ import annotations
 
 import json
-
 import os
 import re
 import shlex
