@@ -344,8 +344,8 @@ class FewShot:
         return sum(losses) / len(losses)
 
     # -- training
-    def _train(self, backend, concepts, config, params, data, generator, rng) -> dict[str, Any]:
-        probes = self._probe_set(backend, concepts, data, config, generator)
+    def _stopping_rule(self, backend, concepts, config, probes, rng) -> dict[str, Any]:
+        """The probe losses the stopping rule compares with, measured once with the original encoder."""
         loss_initial = self._probe_loss(backend, probes)
         loss_uncond = self._probe_loss(backend, probes, lambda probe, caption: "")
         # L_mismatch: the concept's images captioned with *other* (preserve) concepts in the same templates.
@@ -367,21 +367,73 @@ class FewShot:
         if rule == "mismatch" and loss_mismatch is None:
             rule = "uncond"  # no other concept to compare with: fall back to the empty prompt
         reference = {"mismatch": loss_mismatch, "uncond": loss_uncond, "initial": loss_initial}.get(rule)
-        ceiling = config.stop_factor * reference if reference is not None else math.inf
+        return {
+            "probe_loss_initial": loss_initial,
+            "probe_loss_uncond": loss_uncond,
+            "probe_loss_mismatch": loss_mismatch,
+            "stop_reference": rule,
+            "ceiling": config.stop_factor * reference if reference is not None else math.inf,
+        }
 
-        neutral = (
+    def _batch_loss(self, backend, concepts, config, data, batch, neutral, generator, rng):
+        """(objective to minimise, ascent term) for one batch: −L(φ) of eq. 2 plus the drift penalty."""
+        x0 = torch.stack(
+            [data[k]["latents"][i, rng.randrange(data[k]["latents"].shape[1])] for k, i in batch]
+        )
+        captions = [
+            rng.choice(
+                data[k]["captions"][i] if data[k]["captions"] else concepts.prompts(data[k]["concept"])
+            )
+            for k, i in batch
+        ]
+        t = torch.randint(backend.num_train_timesteps, (len(batch),), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        pred = backend.predict_noise(backend.add_noise(x0, noise, t), t, backend.encode_prompts(captions))
+        # Gradient ascent on the denoising loss (paper eq. 2): minimise its negative.
+        ascent = F.mse_loss(pred.float(), backend.training_target(x0, noise, t).float())
+        loss = -ascent
+        if config.preserve_weight > 0:
+            # Lagrangian form of the trust region: penalise the relative squared drift of the
+            # neutral/preserve encodings, so the ascent moves along directions that leave them be.
+            # A random subset per step keeps the cost flat in the size of the preserve list.
+            prompts, reference, norm = neutral
+            pick = rng.sample(range(len(prompts)), min(config.penalty_prompts, len(prompts)))
+            now = backend.encode_prompts([prompts[i] for i in pick])
+            rel = (now - reference[pick]).flatten(1).pow(2).sum(1) / norm[pick].pow(2)
+            loss = loss + config.preserve_weight * rel.mean()
+        return loss, ascent
+
+    @staticmethod
+    def _backtrack(params, before, config, drift) -> tuple[float, float]:
+        """Trust region (hard form): halve the step until the neutral encodings drift at most
+        ``max_drift``; returns (drift, step scale). The caller undoes a step still outside."""
+        drift_now, shrink = drift(), 1.0
+        with torch.no_grad():
+            proposed = {n: p.detach().clone() for n, p in params.items()}
+            while drift_now > config.max_drift and shrink > 1 / 2**config.backtracks:
+                shrink /= 2
+                for n, p in params.items():
+                    p.copy_(before[n] + shrink * (proposed[n] - before[n]))
+                drift_now = drift()
+        return drift_now, shrink
+
+    def _train(self, backend, concepts, config, params, data, generator, rng) -> dict[str, Any]:
+        probes = self._probe_set(backend, concepts, data, config, generator)
+        rule = self._stopping_rule(backend, concepts, config, probes, rng)
+        ceiling = rule.pop("ceiling")
+        prompts = (
             list(NEUTRAL_PROMPTS)
             + [p for c in concepts.preserve for p in concepts.prompts(c)]
             + list(concepts.retain)
         )
         with torch.no_grad():
-            neutral_ref = backend.encode_prompts(neutral)
-            neutral_norm = neutral_ref.flatten(1).norm(dim=1).clamp_min(1e-8)
+            reference = backend.encode_prompts(prompts)
+            norm = reference.flatten(1).norm(dim=1).clamp_min(1e-8)
 
         def drift() -> float:
             with torch.no_grad():
-                now = backend.encode_prompts(neutral)
-            return float(((now - neutral_ref).flatten(1).norm(dim=1) / neutral_norm).max())
+                now = backend.encode_prompts(prompts)
+            return float(((now - reference).flatten(1).norm(dim=1) / norm).max())
 
         for p in params.values():
             p.requires_grad_(True)
@@ -391,7 +443,7 @@ class FewShot:
         n_images = sum(item["latents"].shape[0] for item in data)
         steps = config.epochs * math.ceil(n_images / config.batch_size)
         pool = [(k, i) for k, item in enumerate(data) for i in range(item["latents"].shape[0])]
-        history, stopped, loss_now, drift_now = [], "steps", loss_initial, 0.0
+        history, stopped, loss_now, drift_now = [], "steps", rule["probe_loss_initial"], 0.0
         order: list[tuple[int, int]] = []
         for step in range(steps):
             if loss_now >= ceiling:
@@ -402,46 +454,17 @@ class FewShot:
                 rng.shuffle(shuffled)
                 order += shuffled
             batch, order = order[: config.batch_size], order[config.batch_size :]
-            x0 = torch.stack(
-                [data[k]["latents"][i, rng.randrange(data[k]["latents"].shape[1])] for k, i in batch]
+            loss, ascent = self._batch_loss(
+                backend, concepts, config, data, batch, (prompts, reference, norm), generator, rng
             )
-            captions = [
-                rng.choice(
-                    data[k]["captions"][i] if data[k]["captions"] else concepts.prompts(data[k]["concept"])
-                )
-                for k, i in batch
-            ]
-            t = torch.randint(backend.num_train_timesteps, (len(batch),), generator=generator).to(x0.device)
-            noise = torch.randn(x0.shape, generator=generator).to(x0)
-            pred = backend.predict_noise(backend.add_noise(x0, noise, t), t, backend.encode_prompts(captions))
-            # Gradient ascent on the denoising loss (paper eq. 2): minimise its negative.
-            ascent = F.mse_loss(pred.float(), backend.training_target(x0, noise, t).float())
-            loss = -ascent
-            if config.preserve_weight > 0:
-                # Lagrangian form of the trust region: penalise the relative squared drift of the
-                # neutral/preserve encodings, so the ascent moves along directions that leave them be.
-                # A random subset per step keeps the cost flat in the size of the preserve list.
-                pick = rng.sample(range(len(neutral)), min(config.penalty_prompts, len(neutral)))
-                now = backend.encode_prompts([neutral[i] for i in pick])
-                rel = (now - neutral_ref[pick]).flatten(1).pow(2).sum(1) / neutral_norm[pick].pow(2)
-                loss = loss + config.preserve_weight * rel.mean()
             before = {n: p.detach().clone() for n, p in params.items()} if config.max_drift > 0 else None
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             shrink = 1.0
             if before is not None:
-                # Trust region: backtrack the step (halving it) until the neutral/preserve encodings
-                # are within max_drift; a step that cannot be brought inside is undone and ends training.
-                drift_now = drift()
-                with torch.no_grad():
-                    proposed = {n: p.detach().clone() for n, p in params.items()}
-                    while drift_now > config.max_drift and shrink > 1 / 2**config.backtracks:
-                        shrink /= 2
-                        for n, p in params.items():
-                            p.copy_(before[n] + shrink * (proposed[n] - before[n]))
-                        drift_now = drift()
-                if drift_now > config.max_drift:
+                drift_now, shrink = self._backtrack(params, before, config, drift)
+                if drift_now > config.max_drift:  # a step that cannot be brought inside ends training
                     with torch.no_grad():
                         for n, p in params.items():
                             p.copy_(before[n])
@@ -467,10 +490,7 @@ class FewShot:
             "steps_run": sum(1 for h in history if not h.get("undone")),
             "steps_max": steps,
             "stopped_by": stopped,
-            "probe_loss_initial": loss_initial,
-            "probe_loss_uncond": loss_uncond,
-            "probe_loss_mismatch": loss_mismatch,
-            "stop_reference": rule,
+            **rule,
             "probe_loss_final": loss_now,
             "loss_ceiling": ceiling if math.isfinite(ceiling) else None,
             "image_source": sorted({item["source"] for item in data}),
