@@ -49,9 +49,7 @@ def load_lm(model: str, *, retain: str | Path | None = None, device: str = "cpu"
     source: DataSource = DataSource()
     if is_codeworld_folder(folder):
         corpus = json.loads((folder / MANIFEST_NAME).read_text())["corpus"]
-        source = CodeWorldSource(
-            seed=int(corpus["seed"]), background_files=int(corpus.get("background_files", 3000))
-        )
+        source = CodeWorldSource.from_manifest(corpus)
     if retain is not None:
         source = CodeRetainFile(source, retain)
     backend.data_source = source

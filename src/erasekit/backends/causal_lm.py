@@ -60,6 +60,13 @@ class TokenBatch:
     """Per row, per token (BOS and pads: (0, 0)); characters of the row's text."""
 
 
+def fresh_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without the artifact stack that :func:`erasekit.artifacts.apply` keeps on it."""
+    duplicate = copy.deepcopy(model)
+    duplicate.__dict__.pop("_erasekit_stack", None)
+    return duplicate
+
+
 def is_causal_lm_folder(path: str | Path) -> bool:
     """A folder whose ``config.json`` names a causal-LM architecture (cheap: no transformers import)."""
     config = Path(path).expanduser() / "config.json"
@@ -186,7 +193,7 @@ class CausalLMBackend:
 
     def trainable_copy(self) -> nn.Module:
         """A deep copy of the model to train (methods never change the backend's own weights)."""
-        return copy.deepcopy(self.model)
+        return fresh_copy(self.model)
 
     # ---- targets --------------------------------------------------------------------------------
     def named_parameters(self) -> dict[str, nn.Parameter]:

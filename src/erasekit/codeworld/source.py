@@ -11,6 +11,7 @@ text-to-image prompts) puts no code files into the concept spec.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +49,19 @@ class CodeWorldSource(DataSource):
     def __init__(self, seed: int = 0, background_files: int = 3000):
         self.seed, self.background_files = seed, background_files
         self.corpus_config = CorpusConfig(seed=seed, background_files=background_files)
+
+    @classmethod
+    def from_manifest(cls, corpus: dict) -> CodeWorldSource:
+        """The source of a model whose manifest records ``corpus`` (seed and any CorpusConfig fields)."""
+        source = cls(
+            seed=int(corpus.get("seed", 0)), background_files=int(corpus.get("background_files", 3000))
+        )
+        names = {f.name for f in dataclasses.fields(CorpusConfig)}
+        values = {k: v for k, v in corpus.items() if k in names}
+        if "secrets_per_level" in values:  # JSON keys are strings
+            values["secrets_per_level"] = {int(k): int(v) for k, v in values["secrets_per_level"].items()}
+        source.corpus_config = CorpusConfig(**values)
+        return source
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "generator": "erasekit.codeworld.corpus"}

@@ -171,7 +171,8 @@ def train(config: CodeLMTrainConfig) -> Path:
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     started = time.time()
-    corpus: Corpus = build_corpus(CorpusConfig(seed=config.seed, background_files=config.background_files))
+    corpus_config = CorpusConfig(seed=config.seed, background_files=config.background_files)
+    corpus: Corpus = build_corpus(corpus_config)
     tokenizer = train_tokenizer(corpus.train_texts, config.vocab_size)
     seqs = [encode_file(tokenizer, t, config.max_len) for t in corpus.train_texts]
     heldout = [encode_file(tokenizer, t, config.max_len) for t in corpus.heldout_texts[:64]]
