@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from erasekit.errors import ErasekitError
+from erasekit.files import atomic_write
 from erasekit.world.captions import caption, prompt_for
 from erasekit.world.concepts import COLORS, SHAPES, STYLES
 from erasekit.world.model import MANIFEST_NAME, build_components, make_pipeline, micro_config, tiny_config
@@ -350,15 +351,35 @@ def train(config: TrainConfig) -> Path:
     arch = tiny_config() if cfg.arch == "tiny" else micro_config()
     _log(out, f"config {json.dumps(dataclasses.asdict(cfg))}")
     comps = build_components(arch)
-    tokenizer, text_encoder, vae, unet, sched = (
-        comps[k] for k in ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
-    )
-
-    # Stage 1-3: data, VAE, latents. A run that reuses an earlier run's VAE (vae_from) also reuses its
-    # encoded dataset when that was built with the same seed and sizes: it is the same data.
-    data_meta = {"seed": cfg.seed, "jitters": cfg.jitters_per_combo, "no_shape": cfg.no_shape_per_style}
     stats: dict[str, float] = {}
-    cached = None
+    mean, std, labels = _prepare_latents(cfg, comps, out, stats, t_start)
+    run = _UNetRun(cfg, comps, out, arch, t_start, stats)
+    run.train(mean, std, labels)
+    folder = run.export("final")
+    if cfg.export_dir:
+        dest = Path(cfg.export_dir)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(folder, dest)
+        _log(out, f"copied pipeline to {dest}")
+    if cfg.sample_steps > 0:
+        from erasekit.world.model import load_shipped_pipeline
+
+        pipe = load_shipped_pipeline(folder)
+        sample_grid(pipe, out / "samples.png", steps=cfg.sample_steps, guidance=cfg.guidance, seed=cfg.seed)
+        _log(out, f"sample grid at {out / 'samples.png'}")
+    _log(out, f"done in {time.time() - t_start:.0f}s")
+    return folder
+
+
+def _prepare_latents(cfg: TrainConfig, comps: dict, out: Path, stats: dict, t_start: float):
+    """Stages 1-3: render the data set, train the VAE, encode the latents; sets the VAE scaling factor.
+
+    A run that reuses an earlier run's VAE (vae_from) also reuses its encoded dataset when that was
+    built with the same seed and sizes: it is the same data. Returns (means, stds, labels).
+    """
+    data_meta = {"seed": cfg.seed, "jitters": cfg.jitters_per_combo, "no_shape": cfg.no_shape_per_style}
+    vae, cached = comps["vae"], None
     if cfg.vae_from:
         from diffusers import AutoencoderKL
 
@@ -367,7 +388,7 @@ def train(config: TrainConfig) -> Path:
         comps["vae"] = vae
         cache_file = Path(cfg.vae_from) / "latents.pt"
         if cache_file.is_file():
-            cached = torch.load(cache_file, weights_only=False)
+            cached = torch.load(cache_file, weights_only=False)  # our own training cache, not user input
             if cached.get("meta") != data_meta:
                 cached = None
     if cached is not None:
@@ -387,134 +408,137 @@ def train(config: TrainConfig) -> Path:
         del images
     scale = float(1.0 / mean.std())
     vae.register_to_config(scaling_factor=scale)
+    stats["scaling_factor"] = scale
     _log(
         out,
         f"data ready at {time.time() - t_start:.0f}s; latents {tuple(mean.shape)}, scaling_factor {scale:.4f}",
     )
+    return mean, std, labels
 
-    # Stage 4: UNet + text encoder.
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(_param_groups(unet, text_encoder, cfg), betas=(0.9, 0.99))
-    ema = _EMA(params, cfg.ema_decay)
-    tokens = _Tokens(tokenizer)
-    g = torch.Generator().manual_seed(cfg.seed + 2)
-    alphas = sched.alphas_cumprod
-    start_step = 0
-    if cfg.resume and (out / "checkpoint.pt").is_file():
-        ck = torch.load(out / "checkpoint.pt", weights_only=False)
-        unet.load_state_dict(ck["unet"])
-        text_encoder.load_state_dict(ck["text_encoder"])
-        opt.load_state_dict(ck["opt"])
-        ema.shadow = ck["ema"]
-        ema.updates = ck["ema_updates"]
-        g.set_state(ck["gen"])
-        start_step = ck["step"]
-        _log(out, f"resumed at step {start_step}")
-    unet.train()
-    text_encoder.train()
-    t_unet = time.time()
-    last_ck = time.time()
-    loss_avg = None
-    step = start_step
 
-    def export(tag: str) -> Path:
-        live = [p.detach().clone() for p in params]
-        ema.copy_to(params)
-        manifest = _manifest(cfg, arch, t_start, step, loss_avg, stats, scale)
-        folder = out / "pipeline"
-        export_pipeline({**comps, "vae": vae}, folder, manifest)
-        with torch.no_grad():
-            for p, v in zip(params, live):
-                p.copy_(v)
-        _log(out, f"exported EMA pipeline ({tag}) at step {step}")
-        return folder
+class _UNetRun:
+    """Stage 4: the UNet + text-encoder training loop (v-prediction, min-SNR weights, EMA, checkpoints)."""
 
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="unet", disable=_quiet())
-    n_data = len(mean)
-    while step < cfg.steps:
-        for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * _cosine(step, cfg.steps, cfg.warmup)
-        idx = torch.randint(n_data, (cfg.batch,), generator=g)
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
+    def __init__(self, cfg: TrainConfig, comps: dict, out: Path, arch: dict, t_start: float, stats: dict):
+        self.cfg, self.comps, self.out, self.arch, self.t_start, self.stats = (
+            cfg,
+            comps,
+            out,
+            arch,
+            t_start,
+            stats,
+        )
+        self.unet, self.text_encoder = comps["unet"], comps["text_encoder"]
+        self.params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        self.opt = torch.optim.AdamW(_param_groups(self.unet, self.text_encoder, cfg), betas=(0.9, 0.99))
+        self.ema = _EMA(self.params, cfg.ema_decay)
+        self.tokens = _Tokens(comps["tokenizer"])
+        self.g = torch.Generator().manual_seed(cfg.seed + 2)
+        self.alphas = comps["scheduler"].alphas_cumprod
+        self.step, self.start_step, self.loss_avg = 0, 0, None
+
+    def resume(self) -> None:
+        checkpoint = self.out / "checkpoint.pt"
+        if not (self.cfg.resume and checkpoint.is_file()):
+            return
+        ck = torch.load(checkpoint, weights_only=False)  # our own checkpoint, written below
+        self.unet.load_state_dict(ck["unet"])
+        self.text_encoder.load_state_dict(ck["text_encoder"])
+        self.opt.load_state_dict(ck["opt"])
+        self.ema.shadow = ck["ema"]
+        self.ema.updates = ck["ema_updates"]
+        self.g.set_state(ck["gen"])
+        self.step = self.start_step = ck["step"]
+        _log(self.out, f"resumed at step {self.start_step}")
+
+    def loss(self, mean, std, labels) -> torch.Tensor:
+        """One batch's min-SNR-weighted v-prediction loss (captions dropped with ``empty_prob``)."""
+        cfg, g, alphas = self.cfg, self.g, self.alphas
+        idx = torch.randint(len(mean), (cfg.batch,), generator=g)
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * self.stats["scaling_factor"]
         empty = (torch.rand(cfg.batch, generator=g) < cfg.empty_prob).tolist()
         caps = [
             "" if e else caption(labels[i], g, cfg.synonym_prob, full_prob=cfg.full_caption_prob)
             for i, e in zip(idx.tolist(), empty)
         ]
-        ids = tokens(caps)
-        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch,), generator=g)
+        ids = self.tokens(caps)
+        t = torch.randint(0, self.comps["scheduler"].config.num_train_timesteps, (cfg.batch,), generator=g)
         noise = torch.randn(z0.shape, generator=g)
         a = alphas[t].sqrt().view(-1, 1, 1, 1)
         s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
-        zt = a * z0 + s * noise
         target = a * noise - s * z0  # v-prediction
-        cond = text_encoder(ids)[0]
-        pred = unet(zt, t, cond).sample
+        pred = self.unet(a * z0 + s * noise, t, self.text_encoder(ids)[0]).sample
         per = (pred - target).pow(2).mean(dim=(1, 2, 3))
         if cfg.min_snr_gamma > 0:
             snr = alphas[t] / (1 - alphas[t])
             per = per * (torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1))
-        loss = per.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update()
-        step += 1
-        bar.update(1)
-        loss_avg = loss.item() if loss_avg is None else 0.99 * loss_avg + 0.01 * loss.item()
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            el = time.time() - t_unet
-            _log(
-                out,
-                f"step {step} loss {loss.item():.4f} avg {loss_avg:.4f} "
-                f"lr {opt.param_groups[0]['lr']:.2e} {(step - start_step) * cfg.batch / el:.0f} img/s",
+        return per.mean()
+
+    def train(self, mean, std, labels) -> None:
+        cfg = self.cfg
+        self.resume()
+        self.unet.train()
+        self.text_encoder.train()
+        t_unet = last_ck = time.time()
+        bar = tqdm(total=cfg.steps, initial=self.start_step, desc="unet", disable=_quiet())
+        while self.step < cfg.steps:
+            for group in self.opt.param_groups:
+                group["lr"] = group["base_lr"] * _cosine(self.step, cfg.steps, cfg.warmup)
+            loss = self.loss(mean, std, labels)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+            self.ema.update()
+            self.step += 1
+            bar.update(1)
+            self.loss_avg = (
+                loss.item() if self.loss_avg is None else 0.99 * self.loss_avg + 0.01 * loss.item()
             )
-        if cfg.checkpoint_minutes > 0 and time.time() - last_ck > cfg.checkpoint_minutes * 60:
-            torch.save(
-                {
-                    "unet": unet.state_dict(),
-                    "text_encoder": text_encoder.state_dict(),
-                    "opt": opt.state_dict(),
-                    "ema": ema.shadow,
-                    "ema_updates": ema.updates,
-                    "gen": g.get_state(),
-                    "step": step,
-                },
-                out / "checkpoint.pt",
-            )
-            export("checkpoint")
-            last_ck = time.time()
-        if cfg.max_minutes > 0 and time.time() - t_unet > cfg.max_minutes * 60:
-            _log(out, f"max_minutes reached at step {step}; stopping early")
-            break
-    bar.close()
-    stats["unet_seconds"] = time.time() - t_unet
-    folder = export("final")
-    if cfg.export_dir:
-        dest = Path(cfg.export_dir)
-        if dest.exists():
-            shutil.rmtree(dest)
-        shutil.copytree(folder, dest)
-        _log(out, f"copied pipeline to {dest}")
-    try:
-        if cfg.sample_steps <= 0:
-            raise _NoGrid
-        from erasekit.world.model import load_shipped_pipeline
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                rate = (self.step - self.start_step) * cfg.batch / (time.time() - t_unet)
+                _log(
+                    self.out,
+                    f"step {self.step} loss {loss.item():.4f} avg {self.loss_avg:.4f} "
+                    f"lr {self.opt.param_groups[0]['lr']:.2e} {rate:.0f} img/s",
+                )
+            if cfg.checkpoint_minutes > 0 and time.time() - last_ck > cfg.checkpoint_minutes * 60:
+                self.checkpoint()
+                last_ck = time.time()
+            if cfg.max_minutes > 0 and time.time() - t_unet > cfg.max_minutes * 60:
+                _log(self.out, f"max_minutes reached at step {self.step}; stopping early")
+                break
+        bar.close()
+        self.stats["unet_seconds"] = time.time() - t_unet
 
-        pipe = load_shipped_pipeline(folder)
-        sample_grid(pipe, out / "samples.png", steps=cfg.sample_steps, guidance=cfg.guidance, seed=cfg.seed)
-        _log(out, f"sample grid at {out / 'samples.png'}")
-    except _NoGrid:
-        pass
-    except Exception as exc:  # the grid is a convenience; the model is already saved
-        _log(out, f"sample grid failed: {exc!r}")
-    _log(out, f"done in {time.time() - t_start:.0f}s")
-    return folder
+    def checkpoint(self) -> None:
+        state = {
+            "unet": self.unet.state_dict(),
+            "text_encoder": self.text_encoder.state_dict(),
+            "opt": self.opt.state_dict(),
+            "ema": self.ema.shadow,
+            "ema_updates": self.ema.updates,
+            "gen": self.g.get_state(),
+            "step": self.step,
+        }
+        atomic_write(self.out / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
+        self.export("checkpoint")
 
-
-class _NoGrid(Exception):
-    """Raised to skip the sample grid."""
+    def export(self, tag: str) -> Path:
+        """Export the EMA weights as a pipeline folder; the live weights stay for further training."""
+        live = [p.detach().clone() for p in self.params]
+        self.ema.copy_to(self.params)
+        stats = {k: v for k, v in self.stats.items() if k != "scaling_factor"}
+        manifest = _manifest(
+            self.cfg, self.arch, self.t_start, self.step, self.loss_avg, stats, self.stats["scaling_factor"]
+        )
+        folder = self.out / "pipeline"
+        export_pipeline(self.comps, folder, manifest)
+        with torch.no_grad():
+            for p, v in zip(self.params, live):
+                p.copy_(v)
+        _log(self.out, f"exported EMA pipeline ({tag}) at step {self.step}")
+        return folder
 
 
 def _save_pair(a: torch.Tensor, b: torch.Tensor, path: Path) -> None:
