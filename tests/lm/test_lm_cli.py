@@ -92,11 +92,14 @@ def test_erase_then_evaluate_memorization(erased, lm_folder):
         ]
     )
     data = json.loads(result.output)
-    for label in ("base", "erased"):
+    for label in ("base", "after"):
         report = data[label]
         assert report["forget"]["secrets"] == 8 and 0 <= report["forget"]["ma"] <= 1
         assert report["other_secrets"]["secrets"] > 0 and report["heldout_perplexity"] > 1
     assert (tmp / "eval" / "results.json").is_file()
+    _ok(["report", str(tmp / "eval"), "--out", str(tmp / "report.html")])
+    html = (tmp / "report.html").read_text()
+    assert "Memorisation (code LMs)" in html and "forget greedy extraction" in html
 
 
 def test_bad_inputs_exit_2(erased, lm_folder, tmp_path):

@@ -89,6 +89,7 @@ def evaluate_memorization(
         "model": model,
         "artifacts": [str(p) for p, _ in loaded],
         "forget": forget or "model",
+        "erased": f"secrets of {Path(forget).name if forget and forget != 'model' else 'the model forget set'}",
         "data_source": source.describe(),
         "seed": seed,
         "sampled_extraction": {"samples": samples, "temperature": 1.0, "top_k": 40},
@@ -98,7 +99,7 @@ def evaluate_memorization(
         try:
             for _path, artifact in loaded:
                 apply(artifact, backend, force=force)
-            result["erased"] = memorization_report(backend, **inputs, n=el_n, samples=samples, seed=seed)
+            result["after"] = memorization_report(backend, **inputs, n=el_n, samples=samples, seed=seed)
         finally:
             revert(backend)
     result["seconds"] = round(time.perf_counter() - started, 2)
@@ -113,7 +114,7 @@ def evaluate_memorization(
 
 def human(result: dict) -> str:
     lines = [f"memorization of {result['model']} (forget set: {result['forget']})"]
-    for label in ("base", "erased"):
+    for label in ("base", "after"):
         report = result.get(label)
         if not report:
             continue
@@ -124,3 +125,47 @@ def human(result: dict) -> str:
             f" | held-out ppl {report.get('heldout_perplexity')} | completion {report.get('completion_accuracy')}"
         )
     return "\n".join(lines)
+
+
+_ROWS = (
+    ("forget", "ma", "forget MA"),
+    ("forget", "el10", "forget EL10"),
+    ("forget", "greedy_extraction", "forget greedy extraction"),
+    ("forget", "sampled_extraction_at8", "forget sampled extraction (8)"),
+    ("other_secrets", "ma", "other secrets MA"),
+    ("other_secrets", "greedy_extraction", "other secrets extraction"),
+    ("unseen_secrets", "ma", "unseen secrets MA"),
+    (None, "heldout_perplexity", "held-out perplexity"),
+    (None, "completion_accuracy", "held-out completion"),
+)
+
+
+def html_table(runs: list[dict]) -> str:
+    """The report's memorisation section: one column pair (base, after) per memorization run."""
+    from html import escape
+
+    mem = [r for r in runs if r.get("results", {}).get("suite") == SUITE]
+    if not mem:
+        return ""
+
+    def value(report, group, key):
+        if not report:
+            return "–"
+        v = report.get(key) if group is None else (report.get(group) or {}).get(key)
+        return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else escape(str(v))
+
+    head = "".join(f'<th colspan="2">{escape(str(r["folder"]))}</th>' for r in mem)
+    sub = "".join("<th>base</th><th>after</th>" for _ in mem)
+    body = ""
+    for group, key, label in _ROWS:
+        cells = "".join(
+            f"<td>{value(r['results'].get('base'), group, key)}</td><td>{value(r['results'].get('after'), group, key)}</td>"
+            for r in mem
+        )
+        body += f"<tr><th>{escape(label)}</th>{cells}</tr>"
+    return (
+        '<h2 id="memorization">Memorisation (code LMs)</h2><p class="caption">Secrets scored in file context: MA '
+        "(greedy next-token accuracy on the secret), EL10, verbatim extraction from the prefix (greedy; any of "
+        "8 samples at top-k 40); other/unseen secrets show collateral and the never-seen level.</p>"
+        f'<table class="metrics"><tr><th></th>{head}</tr><tr><th></th>{sub}</tr>{body}</table>'
+    )

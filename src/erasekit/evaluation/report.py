@@ -381,6 +381,8 @@ def build_report(
         raise ErasekitError("Pass at least one run folder written by `erasekit evaluate --out`.")
     from erasekit import __version__
 
+    from erasekit.evaluation.memorization_suite import html_table as memorization_table
+
     runs = [load_run(d) for d in run_dirs]
     plot = tradeoff_plot(runs)
     plot_html = (
@@ -409,6 +411,7 @@ def build_report(
         f"<h2>Trade-off</h2>{plot_html}"
         f"{_attack_table(runs)}"
         f"<h2>Cost</h2>{_cost_table(runs)}"
+        f"{memorization_table(runs)}"
         f"{_preset_tables(runs)}"
         f"{''.join(sections)}</body></html>"
     )
