@@ -380,7 +380,6 @@ def build_report(
     if not run_dirs:
         raise ErasekitError("Pass at least one run folder written by `erasekit evaluate --out`.")
     from erasekit import __version__
-
     from erasekit.evaluation.memorization_suite import html_table as memorization_table
 
     runs = [load_run(d) for d in run_dirs]
