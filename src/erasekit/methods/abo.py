@@ -85,6 +85,20 @@ class AllButOneConfig:
     no_anchor: Literal["remove", "unconditional"] = "remove"
     """What a target without an anchor follows: the guidance of its prompt with the concept word left out (remove: "a green star on a striped background" → "a green on a striped background", so colour and background keep their guidance) or no guidance at all (unconditional: the whole prompt's guidance removed; on ShapesWorld 5 of 8 stars stayed after 60 steps)."""
 
+    # Named presets (-o preset=NAME). No public code exists and only the abstract was readable: paper
+    # holds the one choice the abstract states (the target's guidance is removed when no alternative
+    # is given); shapesworld spells out the defaults tuned on the shipped model.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"no_anchor": "unconditional"},
+        "shapesworld": {
+            "steps": 100,
+            "lr": 1e-3,
+            "no_anchor": "remove",
+            "trajectories": 2,
+            "sample_steps": 10,
+        },
+    }
+
     def __post_init__(self) -> None:
         require(self.steps >= 1, "steps must be at least 1.")
         require(self.lr > 0, "lr must be positive.")
