@@ -101,8 +101,10 @@ def load_model(model: str, *, retain: str | Path | None = None, **kwargs: Any) -
         **kwargs: Passed to the backend loader (``device``, ``dtype``, ``allow_pickle``).
     """
     from erasekit import lm_zoo
+    from erasekit.backends.ar import is_ar_folder
 
-    if lm_zoo.handles(model):  # causal LMs: the shipped code-lm and HF causal-LM folders
+    # AR image-token folders also hold a *ForCausalLM config.json; their erasekit_ar.json decides first
+    if model not in ("tiny-ar", "shapes-ar") and not is_ar_folder(resolve(model)) and lm_zoo.handles(model):  # causal LMs: the shipped code-lm and HF causal-LM folders
         return lm_zoo.load_lm(model, retain=retain, **kwargs)
     from erasekit.backends.sd import load_backend
 
