@@ -44,6 +44,7 @@ from erasekit.artifacts import Artifact
 from erasekit.concepts import ConceptSpec
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import require
+from erasekit.methods.training import TrainedParameters
 
 VARIANT_TARGETS = {"x": "cross_attn", "u": "unet_non_cross"}
 
@@ -167,17 +168,36 @@ class ESD:
     # ConceptSpec.from_lists arguments for the conformance suite: ESD takes no anchor or preserve set.
     smoke_concepts: ClassVar[dict] = {"concepts": ["star"]}
 
-    def erase(self, backend: Any, concepts: ConceptSpec, config: ESDConfig) -> Artifact:
+    def erase(
+        self,
+        backend: Any,
+        concepts: ConceptSpec,
+        config: ESDConfig,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Artifact:
         if any(t.anchor is not None for t in concepts.targets):
             raise ErasekitError(
                 "ESD erases towards the unconditional prediction and takes no anchor; drop --anchor (or use uce)."
             )
         if concepts.preserve:
             raise ErasekitError("ESD has no preserve set in its objective; drop --preserve (or use uce).")
-        # Everything random comes from one generator seeded from torch's global RNG (seeded by the runner).
-        generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+        # Everything random comes from the run's generator (run_method seeds it with --seed).
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
         trained = backend.parameters_for(VARIANT_TARGETS[config.variant])
-        originals = {name: p.detach().clone() for name, p in trained.items()}  # θ* of the trained part only
+        with TrainedParameters(trained) as run:
+            losses = self._train(backend, concepts, config, trained, run.originals, generator)
+            artifact = run.delta_artifact(self.name)
+        artifact.manifest["training"] = {
+            "target": VARIANT_TARGETS[config.variant],
+            "trained_parameters": int(sum(p.numel() for p in trained.values())),
+            "loss": losses,
+        }
+        return artifact
+
+    def _train(self, backend, concepts, config, trained, originals, generator) -> list[float]:
+        """The ESD loop (eq. 3) on ``trained`` in place; ``originals`` are θ* of the trained part."""
         teacher = _Components(backend.components)
 
         def original_prediction(latents, t, cond):
@@ -190,57 +210,39 @@ class ESD:
             uncond = backend.encode_prompts([""])
         timesteps = backend.sampling_timesteps(config.ddim_steps)
         losses: list[float] = []
-        try:
-            for param in trained.values():
-                param.requires_grad_(True)
-            optimizer = torch.optim.Adam(trained.values(), lr=config.lr)
-            for _ in tqdm(range(config.iterations), desc="ESD", disable=None):
-                cond = concept_conds[int(torch.randint(len(concept_conds), (), generator=generator))]
-                k = int(torch.randint(config.ddim_steps, (), generator=generator))  # DDIM step index
-                seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
-                with torch.no_grad():
-                    start = backend.initial_latents([seed], size=config.resolution or None)
-
-                    # x_t guided towards the concept, from the current model θ or the frozen θ*
-                    def trajectory(start=start, cond=cond, k=k):
-                        return backend.denoise(
-                            start,
-                            cond,
-                            uncond,
-                            steps=config.ddim_steps,
-                            guidance=config.start_guidance,
-                            stop=k,
-                        )
-
-                    if config.trajectory_model == "original":
-                        x_t = torch.func.functional_call(teacher, originals, (trajectory,), strict=False)
-                    else:
-                        x_t = trajectory()
-                    t = timesteps[k]  # the noise level x_t is at after k DDIM steps
-                    # θ*'s unconditional and concept predictions in one batch of two
-                    eps_uncond, eps_concept = original_prediction(
-                        torch.cat([x_t, x_t]), t, torch.cat([uncond, cond])
-                    ).chunk(2)
-                    target = esd_target(eps_uncond, eps_concept, config.paper_eta)
-                prediction = backend.predict_noise(x_t, t, cond)  # ε_θ(x_t, c, t), with grad
-                loss = nn.functional.mse_loss(prediction.float(), target.float())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-            artifact = Artifact(self.name)
+        optimizer = torch.optim.Adam(trained.values(), lr=config.lr)
+        for _ in tqdm(range(config.iterations), desc="ESD", disable=None):
+            cond = concept_conds[int(torch.randint(len(concept_conds), (), generator=generator))]
+            k = int(torch.randint(config.ddim_steps, (), generator=generator))  # DDIM step index
+            seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
             with torch.no_grad():
-                for name, param in trained.items():
-                    artifact.add_weight(name, param.detach() - originals[name], mode="delta")
-        finally:
-            with torch.no_grad():
-                for name, param in trained.items():
-                    param.requires_grad_(False)
-                    param.grad = None
-                    param.copy_(originals[name])
-        artifact.manifest["training"] = {
-            "target": VARIANT_TARGETS[config.variant],
-            "trained_parameters": int(sum(p.numel() for p in trained.values())),
-            "loss": losses,
-        }
-        return artifact
+                start = backend.initial_latents([seed], size=config.resolution or None)
+
+                # x_t guided towards the concept, from the current model θ or the frozen θ*
+                def trajectory(start=start, cond=cond, k=k):
+                    return backend.denoise(
+                        start,
+                        cond,
+                        uncond,
+                        steps=config.ddim_steps,
+                        guidance=config.start_guidance,
+                        stop=k,
+                    )
+
+                if config.trajectory_model == "original":
+                    x_t = torch.func.functional_call(teacher, originals, (trajectory,), strict=False)
+                else:
+                    x_t = trajectory()
+                t = timesteps[k]  # the noise level x_t is at after k DDIM steps
+                # θ*'s unconditional and concept predictions in one batch of two
+                eps_uncond, eps_concept = original_prediction(
+                    torch.cat([x_t, x_t]), t, torch.cat([uncond, cond])
+                ).chunk(2)
+                target = esd_target(eps_uncond, eps_concept, config.paper_eta)
+            prediction = backend.predict_noise(x_t, t, cond)  # ε_θ(x_t, c, t), with grad
+            loss = nn.functional.mse_loss(prediction.float(), target.float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        return losses

@@ -405,8 +405,10 @@ class SPM:
     config_cls: ClassVar[type] = SPMConfig
     smoke_overrides: ClassVar[tuple[str, ...]] = ("iterations=2", "ddim_steps=3", "anchors_per_step=2")
 
-    def erase(self, backend, concepts: ConceptSpec, config: SPMConfig) -> Artifact:
-        seed = int(torch.initial_seed()) % (2**31)
+    def erase(
+        self, backend, concepts: ConceptSpec, config: SPMConfig, *, generator: torch.Generator | None = None
+    ) -> Artifact:
+        seed = int(generator.initial_seed() if generator is not None else torch.initial_seed()) % (2**31)
         generator = torch.Generator().manual_seed(seed)
         chooser = random.Random(seed)
         modules = backend.modules_for(config.target)

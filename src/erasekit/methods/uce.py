@@ -265,7 +265,14 @@ class UCE:
     smoke_concepts: ClassVar[dict] = {"concepts": ["star"], "anchors": ["square"], "preserve": ["circle"]}
     accepts_unconditional_preserve: ClassVar[bool] = True  # --preserve "" = the unconditional prompt
 
-    def erase(self, backend: Any, concepts: ConceptSpec, config: UCEConfig) -> Artifact:
+    def erase(
+        self,
+        backend: Any,
+        concepts: ConceptSpec,
+        config: UCEConfig,
+        *,
+        generator: torch.Generator | None = None,  # closed form: nothing is drawn (kept for the protocol)
+    ) -> Artifact:
         erase, anchor, preserve = collect_embeddings(backend, concepts, config)
         u, v = uce_edit_factors(erase, anchor, preserve, config)  # W* = W_old (I + U V)
         artifact = Artifact(self.name)
