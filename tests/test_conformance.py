@@ -12,6 +12,7 @@ check; tests that apply the artifact revert it in ``finally`` so the shared back
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,8 @@ def test_method_declares_the_protocol(run):
     method = run.method
     assert method.name in available_methods() and get_method(method.name).name == method.name
     assert method.paper.strip()
+    # every method takes the run's seeded generator (run_method passes it; --seed reaches every method)
+    assert "generator" in inspect.signature(method.erase).parameters
     assert dataclasses.is_dataclass(method.config_cls)
     assert method.config_cls.__dataclass_params__.frozen
     assert all(field["help"] for field in describe_config(method.config_cls)), (
