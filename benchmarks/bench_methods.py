@@ -33,8 +33,8 @@ from erasekit.artifacts import environment_versions, now_iso
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config, config_to_dict
 from erasekit.methods import get_method, run_method
-from erasekit.world.captions import fill
 from erasekit.world.concepts import DOMAINS, domain_of
+from erasekit.world.source import world_templates
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The alternative each concept is mapped to by methods that take one (UCE's guide, ABO's alternative).
@@ -48,32 +48,6 @@ MINIMAL_PATTERNS = {
     "color": ("{}", "a {} shape", "something {}"),
     "style": ("{}", "a {} background", "an empty {} background"),
 }
-
-
-def world_templates(concept: str) -> list[str]:
-    """Prompt templates in ShapesWorld's caption style with '{}' where ``concept``'s domain goes."""
-    domain = domain_of(concept)
-    others = {d: list(c) for d, c in DOMAINS.items() if d != domain}
-    patterns = [
-        "a {color} {shape} on a {style} background",
-        "a {style} background with a {color} {shape}",
-        "a {color} {shape}",
-        "a {shape} on a {style} background",
-        "a {color} shape on a {style} background",
-        "a {shape}",
-        "a {color} shape",
-        "a {style} background",
-    ]
-    out = []
-    for i, pattern in enumerate(patterns):
-        if "{" + domain + "}" not in pattern:
-            continue
-        words = {d: values[(3 * i + 1) % len(values)] for d, values in others.items()}
-        words[domain] = "{}"
-        text = fill(pattern, **words)
-        # `fill` fixes "a {}" articles only for real words; keep the placeholder's article neutral.
-        out.append(text)
-    return list(dict.fromkeys(out))
 
 
 # ESD (Gandikota et al. 2023) trains on the erased concept alone; it rejects a preserve set.
