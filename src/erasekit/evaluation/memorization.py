@@ -177,9 +177,16 @@ def perplexity(
 def completion_accuracy(
     backend, functions: Sequence[tuple[str, str]], model: nn.Module | None = None
 ) -> float:
-    """Share of held-out functions whose greedy completion starts with the expected body."""
+    """Share of held-out functions whose greedy completion starts with the expected body.
+
+    Trailing whitespace of a prompt moves to the expected completion: byte-level BPE merges a newline
+    with the indentation after it, so a prompt cut after its newline ends on a token boundary the model
+    never saw in training.
+    """
     prompts, bodies = [], []
     for prompt, body in functions:
+        kept = prompt.rstrip()
+        prompt, body = kept, prompt[len(kept) :] + body
         enc = backend.encode([prompt])
         prompts.append(enc.input_ids[0][enc.attention_mask[0].bool()].tolist())
         bodies.append(body)
