@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--override", action="append", default=[], help="method:key=value (repeatable)")
     parser.add_argument("--anchor", action="append", default=[], help="concept=anchor (repeatable)")
     parser.add_argument(
+        "--anchor-rule",
+        choices=("given", "next", "none"),
+        default="given",
+        help="anchors for methods that take one (uce, abo): given (--anchor and the defaults above), "
+        "next (every concept onto the next concept of its domain, cyclically), none",
+    )
+    parser.add_argument(
         "--templates",
         choices=("world", "minimal", "default"),
         default=None,
@@ -149,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
 
     attacks = attack_names(args.attacks)
     overrides = parse_overrides(args.override)
-    anchors = dict(DEFAULT_ANCHORS)
+    anchors = dict(DEFAULT_ANCHORS) if args.anchor_rule == "given" else {}
+    if args.anchor_rule == "next":
+        anchors = {
+            c: values[(i + 1) % len(values)] for values in DOMAINS.values() for i, c in enumerate(values)
+        }
     for item in args.anchor:
         concept, anchor = item.split("=", 1)
         anchors[concept.strip()] = anchor.strip()
