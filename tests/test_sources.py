@@ -104,6 +104,12 @@ def test_retain_files_in_three_formats_and_their_errors(tmp_path):
     ]:
         with pytest.raises(ErasekitError, match=needle):
             read_captions(tmp_path / name)
+    (tmp_path / "stars.txt").write_text("a red star\na star on a grid\n")
+    with pytest.raises(ErasekitError, match="names a concept being erased"):
+        complete_spec(
+            ConceptSpec.from_lists(["star"]),
+            WithRetain(ShapesWorldSource(), caption_file(tmp_path / "stars.txt")),
+        )
     combined = WithRetain(ShapesWorldSource(), caption_file(tmp_path / "r.txt"))
     assert combined.retain_prompts(5, avoid=["car"]) == ["two cats"]
     assert combined.related_concepts("star")  # the world's inventory stays

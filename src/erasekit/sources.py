@@ -86,12 +86,20 @@ class CaptionSource(DataSource):
     captions: tuple[str, ...]
     name: str = "captions"
     origin: str = ""
+    user_given: bool = False
+    """A user's file: leaving nothing after dropping the prompts that name the erased concept is an error."""
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "origin": self.origin, "captions": len(self.captions)}
 
     def retain_prompts(self, n: int, *, avoid: Sequence[str] = (), seed: int = 0) -> list[str]:
+        """Up to ``n`` captions (a seeded sample) without the words in ``avoid``: a prompt that names
+        the erased concept is not retain data."""
         kept = [c for c in self.captions if not any(has_word(c, word) for word in avoid)]
+        if not kept and self.user_given and self.captions:
+            raise ErasekitError(
+                f"Every prompt in {self.origin} names a concept being erased ({', '.join(avoid)}); give prompts without it."
+            )
         if len(kept) <= n:
             return kept
         return random.Random(seed).sample(kept, n)
@@ -182,7 +190,9 @@ def read_captions(path: str | Path) -> list[str]:
 def caption_file(path: str | Path) -> CaptionSource:
     """A user's retain prompts (``--retain FILE``)."""
     captions = read_captions(path)
-    return CaptionSource(tuple(captions), name="retain-file", origin=str(Path(path).expanduser()))
+    return CaptionSource(
+        tuple(captions), name="retain-file", origin=str(Path(path).expanduser()), user_given=True
+    )
 
 
 def packaged_captions() -> CaptionSource:
