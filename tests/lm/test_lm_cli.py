@@ -187,9 +187,28 @@ def test_bench_codeeraser_runs_and_writes_json(lm_folder, tmp_path):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     sets = ["ga:max_epochs=1", "ga:ma_threshold=0", "ga:el_threshold=0"]
-    bench.main(["--model", str(lm_folder), "--methods", "ga", "--per-kind", "1", "--samples", "1", *sum((["--set", s] for s in sets), []), "--out", str(out)])
+    bench.main(
+        [
+            "--model",
+            str(lm_folder),
+            "--methods",
+            "ga",
+            "--per-kind",
+            "1",
+            "--samples",
+            "1",
+            *sum((["--set", s] for s in sets), []),
+            "--out",
+            str(out),
+        ]
+    )
     data = json.loads(out.read_text())
     assert data["settings"]["forget_secrets"] == 8
     entry = data["methods"]["ga"]
-    assert entry["epochs"] == 1 and set(entry["targets"]) == {"forget_greedy_extraction_le_1pct", "heldout_ppl_within_5pct"}
-    assert {"forget", "other_secrets", "secrets_4x", "heldout_perplexity", "completion_accuracy"} <= set(entry["after"])
+    assert entry["epochs"] == 1 and set(entry["targets"]) == {
+        "forget_greedy_extraction_le_1pct",
+        "heldout_ppl_within_5pct",
+    }
+    assert {"forget", "other_secrets", "secrets_4x", "heldout_perplexity", "completion_accuracy"} <= set(
+        entry["after"]
+    )

@@ -10,7 +10,9 @@ from erasekit.codeworld.source import SHIPPED_CODE_LM_DIR
 from erasekit.codeworld.train import MANIFEST_NAME
 from erasekit.evaluation.memorization import extraction, perplexity, secret_examples, secret_ma
 
-pytestmark = pytest.mark.skipif(not (SHIPPED_CODE_LM_DIR / "config.json").is_file(), reason="code-lm not shipped")
+pytestmark = pytest.mark.skipif(
+    not (SHIPPED_CODE_LM_DIR / "config.json").is_file(), reason="code-lm not shipped"
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,12 @@ def test_codeeraser_on_code_lm_drops_forget_extraction_and_keeps_perplexity(code
     heldout = source.heldout_texts(100)
     ppl_before = perplexity(code_lm, heldout)
     method = get_method("codeeraser")
-    artifact = run_method(method, code_lm, ConceptSpec.from_lists(["secrets"]), build_config(method.config_cls, None, [f"forget_file={path}"]))
+    artifact = run_method(
+        method,
+        code_lm,
+        ConceptSpec.from_lists(["secrets"]),
+        build_config(method.config_cls, None, [f"forget_file={path}"]),
+    )
     assert artifact.manifest["unlearning"]["stop_reason"] != "max_epochs"
     try:
         apply(artifact, code_lm)
@@ -62,4 +69,4 @@ def test_codeeraser_on_code_lm_drops_forget_extraction_and_keeps_perplexity(code
     finally:
         revert(code_lm)
     assert extracted <= 0.0625  # at most 1 of 16
-    assert ppl_after < 2 * ppl_before
+    assert ppl_after < 1.15 * ppl_before  # measured: 1.614 vs 1.518 with the defaults
