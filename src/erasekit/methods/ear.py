@@ -30,7 +30,10 @@ What we do differently from the public code (immc-lab/ear, see the prototype not
 3. **The inference prompt layout** (``backend.prompt_rows``: template + BOI), with the CFG
    unconditional rows included; on those rows h*(u) = h*(s), so their target is the teacher's own
    state — a free preservation term for the unconditional branch.
-4. Optional **preservation anchors**: retain prompts (naming no target) pinned to the teacher.
+4. **Preservation anchors** (on by default): prompts of the replacement concepts (the pairs' safe
+   prompts) and retain prompts (naming no target), each with its own sampled history, pinned to the
+   teacher's own states: h_θ(a ⊕ y_a) → h*(a ⊕ y_a). The prototype measured other-shape accuracy
+   0.84 → 1.00 with them.
 
 Pairs come from ``pairs=FILE`` or are generated from the spec's templates: each template filled with
 the concept (and its synonyms) is u, the same template filled with a replacement is s. Replacements are
@@ -97,10 +100,12 @@ class EARConfig:
     """Sampling temperature for the token history."""
     uncond_rows: bool = True
     """Include the CFG unconditional rows (target: the teacher's own state)."""
-    anchors_per_iteration: int = 4
-    """Retain prompts per iteration pinned to the teacher (preservation anchors); 0 = none."""
-    anchor_weight: float = 1.0
-    """Weight of the unconditional-row and anchor terms relative to the erase term."""
+    anchors_per_iteration: int = 8
+    """Anchor prompts per iteration pinned to the teacher's own states (preservation); 0 = none."""
+    anchors: Literal["both", "safe", "retain"] = "both"
+    """Anchor pool: the pairs' safe prompts (the replacement concepts), the spec's retain prompts, or both."""
+    anchor_weight: float = 4.0
+    """Weight of the unconditional-row and anchor terms relative to the erase term (4: other shapes kept best of 1/4 on a ShapesWorld-AR checkpoint)."""
     synonyms: bool = True
     """Also erase the target's synonyms (from the concept spec) in the unsafe prompts."""
     pairs: str = ""
@@ -299,7 +304,13 @@ class EAR:
             pairs = read_pairs(config.pairs)
         else:
             pairs = template_pairs(concepts, _replacements(backend, concepts), config.synonyms)
-        anchors = list(concepts.retain) if config.anchors_per_iteration > 0 else []
+        anchors: list[str] = []
+        if config.anchors_per_iteration > 0:
+            if config.anchors in ("safe", "both"):  # the replacements' own prompts keep their images
+                anchors += [safe for _, safe in pairs if safe]
+            if config.anchors in ("retain", "both"):  # the model's retain prompts (naming no target)
+                anchors += list(concepts.retain)
+            anchors = list(dict.fromkeys(anchors))
         for prompt in [p for pair in pairs for p in pair if p] + anchors:
             backend.prompt_rows([prompt])  # one-line error now for a prompt the model cannot take
         trained = backend.parameters_for(config.target)
