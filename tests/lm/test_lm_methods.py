@@ -106,3 +106,26 @@ def test_missing_retain_data_is_a_one_line_error(forget_jsonl, memorised):
         _run(bare, "codeeraser", forget_jsonl)
     with pytest.raises(ErasekitError, match="--retain"):
         _run(bare, "codeeraser", forget_jsonl, "ma_threshold=0.1", "el_threshold=0.1")
+
+
+def test_adapter_artifacts_unlearn_too_and_revert_exactly(memorised, forget_jsonl):
+    backend, forget, _ = memorised
+    before = {k: v.clone() for k, v in backend.named_parameters().items()}
+    secret_before, _ = _accuracy(backend, forget)
+    artifact = _run(
+        backend,
+        "codeeraser",
+        forget_jsonl,
+        "adapter_rank=4",
+        "lr=3e-3",
+        "max_epochs=40",
+        "ma_threshold=0.2",
+        "el_threshold=0.05",
+    )
+    assert artifact.manifest.get("adapters") and not artifact.manifest.get("weights")
+    assert artifact.manifest["unlearning"]["stop_reason"] != "max_epochs"
+    secret_after, _ = _with(backend, artifact, lambda: _accuracy(backend, forget))
+    assert secret_before > 0.9 and secret_after < 0.3
+    after = backend.named_parameters()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert _accuracy(backend, forget)[0] == secret_before

@@ -1,7 +1,7 @@
 """Unlearning memorised secrets from code LMs: vanilla GA, constraint-based GA and CodeEraser.
 
 Chu et al., "Scrub It Out! Erasing Sensitive Memorization in Code Language Models via Machine
-Unlearning" (ICSE 2026, arXiv 2509.13755). Three gradient-ascent objectives over a forget set D_f of
+Unlearning" (arXiv 2509.13755, 2025). Three gradient-ascent objectives over a forget set D_f of
 files whose secret tokens carry a mask m (from :mod:`erasekit.secrets`), a frozen reference model
 p_ref (the original) and the trained model p_θ; ℓ_t = −log p_θ(x_t | x_<t), KL_t = KL(p_ref ‖ p_θ) at
 position t::
@@ -55,7 +55,7 @@ from erasekit.secrets import ForgetSample, load_forget_file, token_secret_mask
 FORGET_FROM_MODEL = "model"
 PAPER = (
     "Chu et al., Scrub It Out! Erasing Sensitive Memorization in Code Language Models via Machine "
-    "Unlearning, ICSE 2026 (arXiv 2509.13755)"
+    "Unlearning, arXiv 2509.13755 (2025)"
 )
 
 
@@ -134,6 +134,8 @@ class GradientAscentConfig:
     """Secrets the model never saw (JSONL/code, like --forget) for the thresholds; None: the model's data source."""
     grad_clip: float = 1.0
     """Gradient-norm clip (0 = off)."""
+    adapter_rank: int = 0
+    """0: train the target's weights and save full deltas; r > 0: train rank-r LoRA-style adapters on the target's Linear layers instead (the artifact's adapters; the weights stay untouched)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"paper": {"lr": 3e-6}}
 
@@ -145,6 +147,9 @@ class GradientAscentConfig:
         require(self.el_n >= 1, f"el_n must be >= 1, got {self.el_n}.")
         require(self.patience >= 1, f"patience must be >= 1, got {self.patience}.")
         require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}.")
+        require(
+            self.adapter_rank >= 0, f"adapter_rank must be >= 0 (0 = full deltas), got {self.adapter_rank}."
+        )
 
 
 @dataclass(frozen=True)
@@ -289,6 +294,29 @@ def _terms(
     return ce, kl, real, m
 
 
+def _attach_adapters(
+    model: nn.Module, modules: dict[str, nn.Module], rank: int, seed: int
+) -> dict[str, nn.Parameter]:
+    """Trainable ``down`` [r, in] / ``up`` [out, r] factors on the copy's Linear layers, added to their
+    outputs by forward hooks exactly as :func:`erasekit.artifacts.apply` adds an artifact's adapters
+    (``up`` starts at zero, so the adapted copy starts equal to the reference: KL = 0)."""
+    own = dict(model.named_modules())
+    generator = torch.Generator().manual_seed(seed)
+    params: dict[str, nn.Parameter] = {}
+    for name in modules:  # the backend's module names; the hooks go on the copy's modules
+        target = own[name.removeprefix("model.")]
+        weight = target.weight
+        down = nn.Parameter(torch.randn(rank, target.in_features, generator=generator).to(weight) / rank)
+        up = nn.Parameter(torch.zeros(target.out_features, rank, dtype=weight.dtype, device=weight.device))
+        params[f"{name}/down"], params[f"{name}/up"] = down, up
+
+        def hook(_module, args, output, down=down, up=up):
+            return output + nn.functional.linear(nn.functional.linear(args[0], down), up)
+
+        target.register_forward_hook(hook)
+    return params
+
+
 class _SecretUnlearning:
     """Shared loop of the three objectives; subclasses set ``objective`` and ``uses_retain``."""
 
@@ -317,14 +345,21 @@ class _SecretUnlearning:
         if self.uses_retain:
             retain_texts, retain_info = _retain_texts(backend, config, seed)
 
-        targets = backend.parameters_for(config.target)
         model = backend.trainable_copy()
-        own = dict(model.named_parameters())
-        inner = {name: own[name.removeprefix("model.")] for name in targets}
         for p in model.parameters():
             p.requires_grad_(False)
-        for p in inner.values():
-            p.requires_grad_(True)
+        adapters: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
+        if config.adapter_rank:
+            inner = _attach_adapters(model, backend.modules_for(config.target), config.adapter_rank, seed)
+            adapters = {
+                name: (inner[f"{name}/down"], inner[f"{name}/up"])
+                for name in backend.modules_for(config.target)
+            }
+        else:
+            own = dict(model.named_parameters())
+            inner = {name: own[name.removeprefix("model.")] for name in backend.parameters_for(config.target)}
+            for p in inner.values():
+                p.requires_grad_(True)
         originals = {name: p.detach().clone() for name, p in inner.items()}
         model.train()
 
@@ -390,8 +425,12 @@ class _SecretUnlearning:
 
         artifact = Artifact(method=self.name)  # type: ignore[attr-defined]
         with torch.no_grad():
-            for name, p in inner.items():
-                artifact.add_weight(name, p.detach() - originals[name], mode="delta")
+            if adapters:
+                for name, (down, up) in adapters.items():
+                    artifact.add_adapter(name, down.detach().clone(), up.detach().clone(), scale=1.0)
+            else:
+                for name, p in inner.items():
+                    artifact.add_weight(name, p.detach() - originals[name], mode="delta")
         artifact.manifest["unlearning"] = {
             "objective": self.objective,
             "forget_samples": len(samples),
