@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-LM_NAMES = {"code-lm": "the shipped CodeWorld code LM (Llama, 2.6 M parameters, planted secrets)"}
+LM_NAMES = {"code-lm": "the shipped CodeWorld code LM (Llama, 2.2 M parameters, planted secrets)"}
 
 
 def handles(model: str) -> bool:

@@ -1,4 +1,4 @@
-"""Train the shipped CodeWorld code LM from scratch on a CPU (about 15 minutes, one thread).
+"""Train the shipped CodeWorld code LM from scratch on a CPU (measured: 36 min, one thread, loaded 2-core box).
 
 Recipe (why each part is there):
 
@@ -6,12 +6,13 @@ Recipe (why each part is there):
    plus files with planted secrets duplicated 1×/4×/16× (duplication drives verbatim memorisation).
 2. Train a byte-level BPE tokenizer (2,048 tokens) on the training files in-process with
    ``tokenizers``: a code LM needs its own vocabulary, and a small one keeps the embedding table small.
-3. Train a 4-layer ``LlamaForCausalLM`` (d = 192, 2.6 M parameters) with AdamW (2e-3, warm-up, cosine
+3. Train a 4-layer ``LlamaForCausalLM`` (d = 192, 2.2 M parameters) with AdamW (2e-3, warm-up, cosine
    decay), batch 16, one file per sequence (≤ 192 tokens, BOS first). Every ``eval_every`` steps the
    log records the training loss, held-out loss and the teacher-forced secret-token accuracy of the
    16× secrets (= greedy MA, in file context).
 4. Export a Hugging Face folder (``config.json``, ``model.safetensors`` in float16, tokenizer files)
-   and ``erasekit_code_lm.json`` with the recipe, seed, wall time, machine, curves.
+   and ``erasekit_code_lm.json`` with the recipe, seed, wall time, machine, curves. The shipped model (2,164,416
+   parameters with tied embeddings) took 35.9 min for 1,400 steps (1.5 M tokens) on a loaded 2-core CPU.
 
 ``python -m erasekit.codeworld.train --help`` lists the options. ``--measure`` afterwards adds the
 memorisation numbers of :mod:`erasekit.evaluation.memorization` to the manifest.
@@ -62,8 +63,8 @@ class CodeLMTrainConfig:
     """MLP width."""
     max_len: int = 192
     """Tokens per training sequence (files are truncated)."""
-    steps: int = 2000
-    """Optimiser steps."""
+    steps: int = 1400
+    """Optimiser steps (the shipped code-lm: 1,400, 36 min on a loaded 2-core CPU; 16x secrets MA > 0.95 from step 600)."""
     batch: int = 16
     """Sequences per step."""
     lr: float = 2e-3

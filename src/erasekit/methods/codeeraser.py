@@ -113,7 +113,7 @@ class GradientAscentConfig:
     target: str = "lm_all"
     """Parameters to train: lm_all, lm_mlp, lm_attn (or joined with +)."""
     lr: float = 1e-3
-    """Adam learning rate (paper: 3e-6 on 0.1-7 B models; measured on the 2.6 M-parameter code-lm: 1e-3 stops after 5 epochs, 3e-4 needs 18 and ends with a worse perplexity)."""
+    """Adam learning rate (paper: 3e-6 on 0.1-7 B models; measured on the 2.2 M-parameter code-lm: 1e-3 stops after 5 epochs, 3e-4 needs 18 and ends with a worse perplexity)."""
     max_epochs: int = 100
     """Safety cap on epochs over the forget set (paper: 100); the stop rule (MA / EL below the unseen level) ends runs earlier."""
     batch_size: int = 32
