@@ -19,7 +19,12 @@ from erasekit.codeworld.train import MANIFEST_NAME
 def measure_export(folder: Path, seed: int = 0, samples: int = 8) -> dict:
     import torch
 
-    from erasekit.evaluation.memorization import completion_accuracy, perplexity, secret_examples, secret_scores
+    from erasekit.evaluation.memorization import (
+        completion_accuracy,
+        perplexity,
+        secret_examples,
+        secret_scores,
+    )
     from erasekit.lm_zoo import load_lm
 
     torch.set_num_threads(1)
@@ -30,7 +35,9 @@ def measure_export(folder: Path, seed: int = 0, samples: int = 8) -> dict:
     for level in (16, 4, 1):
         examples = secret_examples(backend, source.planted_samples(level))
         numbers[f"secrets_{level}x"] = secret_scores(backend, examples, samples=samples, seed=seed)
-    numbers["unseen"] = secret_scores(backend, secret_examples(backend, source.unseen_samples()), samples=samples, seed=seed)
+    numbers["unseen"] = secret_scores(
+        backend, secret_examples(backend, source.unseen_samples()), samples=samples, seed=seed
+    )
     numbers["heldout_perplexity"] = round(perplexity(backend, source.heldout_texts(200)), 4)
     numbers["completion_accuracy"] = round(completion_accuracy(backend, source.heldout_functions()), 4)
     numbers["sampled_extraction"] = {"samples": samples, "temperature": 1.0, "top_k": 40, "seed": seed}
