@@ -121,3 +121,13 @@ def test_spm_parity_on_tiny_matches_the_public_gate_and_target(tmp_path):
     assert result["first_loss_erasekit"] == pytest.approx(result["first_loss_reference"], rel=1e-4)
     for row in result["rows"]:
         assert row["reference_vs_erasekit_reference_gate"] < 1e-3
+
+
+def test_fewshot_step_cost_parity_runs_on_tiny(tmp_path):
+    out = tmp_path / "fewshot.json"
+    assert _load_parity("fewshot").main(["--model", "tiny", "--steps", "2", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["reference_seconds_per_step"] > 0 and record["erasekit_seconds_per_step"] > 0
+    ratio = record["erasekit_seconds_per_step"] / record["reference_seconds_per_step"]
+    assert record["ratio"] == pytest.approx(ratio, rel=0.02)  # both stored rounded
+    assert record["config"]["penalty_prompts"] == 8 and record["config"]["check_every"] == 2
