@@ -94,10 +94,10 @@ class EARConfig:
     """full: teacher forcing over the cached causal context (= the KV-cached inference states); none: the public code's single-token training (ablation)."""
     history: Literal["shared", "separate"] = "shared"
     """shared: one history sampled from the student on the unsafe prompt for all streams; separate: independent teacher histories per stream (public code)."""
-    sample_guidance: float = 3.0
-    """Classifier-free guidance scale for sampling the token history."""
-    temperature: float = 1.0
-    """Sampling temperature for the token history."""
+    sample_guidance: float = 0.0
+    """Classifier-free guidance scale for sampling the token history (0 = the model's own default, as at inference)."""
+    temperature: float = -1.0
+    """Sampling temperature for the token history (-1 = the model's own default, as at inference)."""
     uncond_rows: bool = True
     """Include the CFG unconditional rows (target: the teacher's own state)."""
     anchors_per_iteration: int = 8
@@ -128,7 +128,10 @@ class EARConfig:
         require(self.window >= 0, f"window must be >= 0 (0 = all tokens), got {self.window}.")
         require(self.tau >= 0, f"tau must be >= 0, got {self.tau}.")
         require(self.sample_guidance >= 0, f"sample_guidance must be >= 0, got {self.sample_guidance}.")
-        require(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}.")
+        require(
+            self.temperature >= 0 or self.temperature == -1,
+            f"temperature must be >= 0 (or -1 = model default), got {self.temperature}.",
+        )
         require(
             self.anchors_per_iteration >= 0,
             f"anchors_per_iteration must be >= 0, got {self.anchors_per_iteration}.",
@@ -355,7 +358,10 @@ class EAR:
                     0, 2**31 - 1, (len(unsafe) + len(anchor),), generator=generator
                 ).tolist()
                 with torch.no_grad():
-                    sample = dict(guidance=config.sample_guidance, temperature=config.temperature)
+                    sample = dict(
+                        guidance=config.sample_guidance or None,  # None: the model's default
+                        temperature=None if config.temperature == -1 else config.temperature,
+                    )
                     if config.history == "shared":
                         codes = backend.sample_tokens(unsafe + anchor, seeds, **sample)  # student, on-policy
                         codes_u, codes_a = codes[: len(unsafe)], codes[len(unsafe) :]

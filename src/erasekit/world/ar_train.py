@@ -83,6 +83,8 @@ class ARTrainConfig:
     """Share of unconditional rows (for classifier-free guidance)."""
     synonym_prob: float = 0.13
     """Per-word synonym probability in captions."""
+    prompt_len: int = 16
+    """Tokens per prompt row (BOS + up to prompt_len-2 words + PADs + BOI); captions have at most 9 words."""
     hidden: int = 192
     """Llama width."""
     layers: int = 4
@@ -221,8 +223,8 @@ def export(model, vq: VQVAE, tokenizer: WordTokenizer, folder: Path, manifest: d
         "grid": vq.config.grid,
         "image_size": vq.config.image_size,
         "vq_folder": "vq",
-        "default_guidance": 3.0,
-        "default_temperature": 1.0,
+        "default_guidance": 2.0,  # judge-best on the shipped model's protocol grids (see its manifest)
+        "default_temperature": 0.8,
     }
     (tmp / AR_LAYOUT).write_text(json.dumps(layout, indent=2) + "\n")
     (tmp / AR_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if cfg.steps <= 0:
         return 0
-    tokenizer = WordTokenizer(words=vocabulary())
+    tokenizer = WordTokenizer(words=vocabulary(), prompt_len=cfg.prompt_len)
     train_ar(cfg, codes, labels, tokenizer, vq, out, manifest)
     if cfg.export_dir:
         dst = Path(cfg.export_dir)
