@@ -199,11 +199,38 @@ def cmd_ablation(args, backend) -> int:
     return 0
 
 
+def cmd_table(args) -> int:
+    """Markdown tables of the saved results (what benchmarks/README.md shows)."""
+
+    def row(name: str, r: dict) -> str:
+        m, b, q = r["metrics"], r["base"], r["ratios"] or {}
+        ok = "".join("✓" if v else "✗" for v in r["bars_met"].values())
+        return (
+            f"| {name} | {m['ua']:.2f} ({b['ua']:.2f}) | {m['synonym_ua']:.2f} ({b['synonym_ua']:.2f}) | "
+            f"{m['ira']:.2f} ({b['ira']:.2f}, {q.get('ira') or 0:.2f}×) | {m['cra']:.2f} ({b['cra']:.2f}, {q.get('cra') or 0:.2f}×) | "
+            f"{r['erase_seconds']:.0f} s | {r['erase_peak_memory_bytes'] / 2**20:.0f} MiB | {r['training']['optimizer_steps']} | {ok} |"
+        )
+
+    head = "| {} | UA (base) | synonym UA (base) | IRA (base, ratio) | CRA (base, ratio) | erase | peak mem | steps | bars UA/syn/IRA/CRA |\n|---|---|---|---|---|---|---|---|---|"
+    files = sorted(args.out_dir.glob(f"ar_{args.method}_{args.grid}_*.json"))
+    print(head.format("concept"))
+    for f in files:
+        r = json.loads(f.read_text())
+        print(row(r["concept"], r))
+    path = args.out_dir / f"ar_ablation_{args.concept}.json"
+    if path.is_file():
+        print()
+        print(head.format(f"variant ({args.concept})"))
+        for name, r in json.loads(path.read_text())["variants"].items():
+            print(row(f"{name} `{' '.join(r['overrides']) or 'defaults'}`", r))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("gate", "protocol", "ablation"))
+    parser.add_argument("command", choices=("gate", "protocol", "ablation", "table"))
     parser.add_argument("--model", default="shapes-ar")
     parser.add_argument("--method", default="ear", help="protocol: ear or esd_ar")
     parser.add_argument("--concepts", default="star,red,striped")
@@ -220,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.command == "table":
+        return cmd_table(args)
     from erasekit.zoo import load_model
 
     backend = load_model(args.model)
