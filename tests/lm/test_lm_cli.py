@@ -212,3 +212,36 @@ def test_bench_codeeraser_runs_and_writes_json(lm_folder, tmp_path):
     assert {"forget", "other_secrets", "secrets_4x", "heldout_perplexity", "completion_accuracy"} <= set(
         entry["after"]
     )
+
+
+def test_codeworld_train_smoke_writes_a_loadable_folder(tmp_path):
+    """Two optimiser steps of the shipped recipe (tiny width): the export loads as an LM backend."""
+    from erasekit.codeworld.train import MANIFEST_NAME
+    from erasekit.zoo import load_model
+
+    out = tmp_path / "lm"
+    args = [
+        "--out-dir",
+        str(out),
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--background-files",
+        "50",
+        "--hidden-size",
+        "32",
+        "--heads",
+        "2",
+        "--layers",
+        "1",
+        "--intermediate-size",
+        "64",
+        "--vocab-size",
+        "300",
+    ]
+    _ok(["codeworld", "train", *args])
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["recipe"]["steps"] == 2 and len(manifest["curve"]) == 2
+    backend = load_model(str(out))
+    assert backend.kind == "causal_lm" and backend.data_source.name == "codeworld"

@@ -218,7 +218,7 @@ def train(config: CodeLMTrainConfig) -> Path:
             point = {
                 "step": step,
                 "minutes": round((time.time() - started) / 60, 2),
-                "train_loss": round(float(loss), 4),
+                "train_loss": round(float(loss.detach()), 4),
                 "heldout_loss": round(sum(held) / len(held), 4),
                 "secret16_ma": round(_secret_accuracy(model, tokenizer, sixteen, config.max_len), 4),
                 "tokens_seen": tokens_seen,
