@@ -6,8 +6,11 @@ method-facing surface and its :class:`erasekit.sources.DataSource` (``backend.da
 
 * ``tiny`` — a random, seeded SD-shaped pipeline built in code (tests); no data source;
 * ``shapes`` — the shipped ShapesWorld model, with :class:`erasekit.world.source.ShapesWorldSource`;
-* a folder — a diffusers pipeline; one carrying ShapesWorld's manifest (``erasekit world train``
-  output) gets the ShapesWorld source, any other the packaged COCO captions as its retain source;
+* ``shapes-ar`` — the shipped ShapesWorld-AR image-token model, with the same ShapesWorld source;
+* ``code-lm`` — the shipped CodeWorld code LM, with its corpus (retain files, unseen secrets);
+* a folder — a diffusers pipeline, an AR image-token folder or a causal LM, by its files; a diffusers
+  folder carrying ShapesWorld's manifest (``erasekit world train`` output) gets the ShapesWorld
+  source, any other the packaged COCO captions as its retain source;
 * a ``.safetensors`` file or a cached hub id — as a folder without a manifest.
 
 ``retain=FILE`` (the CLI's ``--retain``) replaces the source's retain prompts with the file's.
@@ -15,6 +18,7 @@ method-facing surface and its :class:`erasekit.sources.DataSource` (``backend.da
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +29,10 @@ from erasekit.sources import DataSource, WithRetain, caption_file, packaged_capt
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """A named model: what it is, where its weights live (None: built in code), and its data source."""
+    """A named model: what it is, its backend kind, where its weights live (None: built in code), its data."""
 
     description: str
+    kind: str  # "sd", "ar" or "causal_lm": which backend loads it
     folder: Callable[[], Path] | None
     source: Callable[[], DataSource]
 
@@ -50,14 +55,31 @@ def _shapes_ar_folder() -> Path:
     return Path(SHIPPED_AR_DIR)
 
 
+def _code_lm_folder() -> Path:
+    from erasekit.codeworld.source import SHIPPED_CODE_LM_DIR
+
+    return Path(SHIPPED_CODE_LM_DIR)
+
+
 ZOO: dict[str, ZooEntry] = {
-    "tiny": ZooEntry("random tiny SD pipeline built in code (tests)", None, DataSource),
-    "tiny-ar": ZooEntry("random tiny autoregressive image-token model built in code (tests)", None, DataSource),
-    "shapes-ar": ZooEntry(
-        "the shipped ShapesWorld-AR model (Llama over VQ image tokens, 32 px)", _shapes_ar_folder, _shapes_source
-    ),
+    "tiny": ZooEntry("random tiny SD pipeline built in code (tests)", "sd", None, DataSource),
     "shapes": ZooEntry(
-        "the shipped ShapesWorld model (SD architecture, 32 px)", _shapes_folder, _shapes_source
+        "the shipped ShapesWorld model (SD architecture, 32 px)", "sd", _shapes_folder, _shapes_source
+    ),
+    "tiny-ar": ZooEntry(
+        "random tiny autoregressive image-token model built in code (tests)", "ar", None, DataSource
+    ),
+    "shapes-ar": ZooEntry(
+        "the shipped ShapesWorld-AR model (Llama over VQ image tokens, 32 px)",
+        "ar",
+        _shapes_ar_folder,
+        _shapes_source,
+    ),
+    "code-lm": ZooEntry(
+        "the shipped CodeWorld code LM (Llama, 2.2 M parameters, planted secrets)",
+        "causal_lm",
+        _code_lm_folder,
+        DataSource,  # its CodeWorld source is read from the folder's manifest (see _folder_source)
     ),
 }
 
@@ -74,15 +96,43 @@ def resolve(model: str) -> str:
     return str(entry.folder())
 
 
+def backend_kind(model: str) -> str:
+    """Which backend loads ``model``: the zoo says so for names; a folder's own files decide otherwise
+    (an AR image-token folder has ``erasekit_ar.json``, a causal LM a ``*ForCausalLM`` config)."""
+    entry = ZOO.get(model)
+    if entry is not None:
+        return entry.kind
+    from erasekit.backends.ar import is_ar_folder  # checked first: AR folders hold a causal-LM config too
+
+    if is_ar_folder(model):
+        return "ar"
+    from erasekit.backends.causal_lm import is_causal_lm_folder
+
+    return "causal_lm" if is_causal_lm_folder(model) else "sd"
+
+
 def source_for(model: str) -> DataSource:
     """The data source that comes with ``model`` (a zoo name, a folder, a file or a hub id)."""
     entry = ZOO.get(model)
+    path = Path(resolve(model)).expanduser()
+    if backend_kind(model) == "causal_lm":
+        return _code_source(path)
     if entry is not None:
         return entry.source()
-    path = Path(model).expanduser()
     if path.is_dir() and _is_shapesworld_folder(path):
         return _shapes_source()
     return packaged_captions()
+
+
+def _code_source(folder: Path) -> DataSource:
+    """A CodeWorld-trained LM folder brings its corpus (retain files, unseen secrets, held-out checks);
+    any other causal LM brings nothing (methods that need retain data then ask for --retain)."""
+    from erasekit.codeworld.source import CodeWorldSource, is_codeworld_folder
+    from erasekit.codeworld.train import MANIFEST_NAME
+
+    if not is_codeworld_folder(folder):
+        return DataSource()
+    return CodeWorldSource.from_manifest(json.loads((folder / MANIFEST_NAME).read_text())["corpus"])
 
 
 def _is_shapesworld_folder(path: Path) -> bool:
@@ -92,30 +142,44 @@ def _is_shapesworld_folder(path: Path) -> bool:
     return manifest.is_file() and "ShapesWorld" in manifest.read_text(errors="ignore")[:4096]
 
 
+def _with_retain(source: DataSource, kind: str, retain: str | Path) -> DataSource:
+    if kind == "causal_lm":  # code files or JSONL with "text", not caption lines
+        from erasekit.codeworld.source import CodeRetainFile
+
+        return CodeRetainFile(source, retain)
+    return WithRetain(source, caption_file(retain))
+
+
 def load_model(model: str, *, retain: str | Path | None = None, **kwargs: Any) -> Any:
     """Load ``model`` as a backend with its data source attached (``backend.data_source``).
 
     Args:
-        model: A zoo name (:func:`model_names`), a diffusers folder, a .safetensors file or a cached hub id.
-        retain: A file of retain prompts replacing the source's (.txt, .csv or .jsonl).
+        model: A zoo name (:func:`model_names`), a diffusers / AR / causal-LM folder, a .safetensors
+            file or a cached hub id.
+        retain: A file of retain data replacing the source's (prompts: .txt, .csv or .jsonl; for
+            language models: code files or JSONL with ``text``).
         **kwargs: Passed to the backend loader (``device``, ``dtype``, ``allow_pickle``).
     """
-    from erasekit import lm_zoo
-    from erasekit.backends.ar import is_ar_folder
-
-    # AR image-token folders also hold a *ForCausalLM config.json; their erasekit_ar.json decides first
-    if model not in ("tiny-ar", "shapes-ar") and not is_ar_folder(resolve(model)) and lm_zoo.handles(model):  # causal LMs: the shipped code-lm and HF causal-LM folders
-        return lm_zoo.load_lm(model, retain=retain, **kwargs)
-    from erasekit.backends.sd import load_backend
-
+    kind = backend_kind(model)
     source = source_for(model)
     if retain is not None:
-        source = WithRetain(source, caption_file(retain))
-    from erasekit.backends.ar import is_ar_folder, load_ar_backend
+        source = _with_retain(source, kind, retain)
+    if kind == "causal_lm":
+        from erasekit.backends.causal_lm import load_causal_lm_backend
 
-    if model == "tiny-ar" or is_ar_folder(resolve(model)):  # autoregressive image-token models
+        backend = load_causal_lm_backend(
+            Path(resolve(model)).expanduser(),
+            name=model,
+            device=kwargs.get("device", "cpu"),
+            allow_pickle=kwargs.get("allow_pickle", False),
+        )
+    elif kind == "ar":
+        from erasekit.backends.ar import load_ar_backend
+
         backend = load_ar_backend(resolve(model), name=model, **kwargs)
     else:
+        from erasekit.backends.sd import load_backend
+
         backend = load_backend(resolve(model), name=model, **kwargs)
     backend.data_source = source
     return backend

@@ -25,7 +25,7 @@ def measure_export(folder: Path, seed: int = 0, samples: int = 8) -> dict:
         secret_examples,
         secret_scores,
     )
-    from erasekit.lm_zoo import load_lm
+    from erasekit.zoo import load_model as load_lm
 
     torch.set_num_threads(1)
     started = time.perf_counter()

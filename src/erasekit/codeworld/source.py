@@ -1,6 +1,6 @@
 """The data the shipped code LM brings: retain files, unseen secrets, forget sets, held-out checks.
 
-Methods never import CodeWorld; the loader (:mod:`erasekit.lm_zoo`) attaches a :class:`CodeWorldSource`
+Methods never import CodeWorld; the loader (:mod:`erasekit.zoo`) attaches a :class:`CodeWorldSource`
 to a backend whose folder says it was trained on CodeWorld (``corpus.generator`` in its manifest), and
 methods ask ``backend.data_source`` for retain files (``retain_texts``) and unseen secrets
 (``unseen_samples``). ``--retain FILE`` wraps the source in :class:`CodeRetainFile`.
