@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from erasekit.artifacts import apply, environment_versions, now_iso, revert
+from erasekit.applying import apply, revert
+from erasekit.artifacts import environment_versions, now_iso
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config
 from erasekit.evaluation.memorization import memorization_report, secret_examples, secret_scores

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from erasekit.artifacts import apply, environment_versions, now_iso, revert
+from erasekit.applying import apply, revert
+from erasekit.artifacts import environment_versions, now_iso
 from erasekit.backends.sd import SDBackend
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config, config_to_dict

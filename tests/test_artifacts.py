@@ -10,16 +10,9 @@ import torch
 from torch import nn
 
 import erasekit.artifacts as artifacts_module
-from erasekit.artifacts import (
-    Artifact,
-    InferenceHook,
-    applied,
-    applied_artifacts,
-    apply,
-    artifact_paths,
-    register_hook_kind,
-    revert,
-)
+from erasekit.applying import applied, applied_artifacts, apply, revert
+from erasekit.artifacts import Artifact, InferenceHook, artifact_paths, register_hook_kind
+from erasekit.backends.base import fingerprint_components, named_parameters_of
 from erasekit.errors import ErasekitError
 
 
@@ -346,12 +339,12 @@ def test_unknown_hook_kind_in_file_raises(tiny_backend, tmp_path):
 def test_stock_diffusers_pipeline_gets_the_same_edits(tiny_backend, tiny_pipeline):
     """An artifact made on the backend applies to a plain diffusers pipeline of the same weights."""
     artifact = _delta_artifact(tiny_backend, target="cross_attn_kv+text_mlp")
-    assert artifact.manifest["base_fingerprint"] == artifacts_module.fingerprint_components(
+    assert artifact.manifest["base_fingerprint"] == fingerprint_components(
         {"unet": tiny_pipeline.unet, "text_encoder": tiny_pipeline.text_encoder}
     )
 
     def pipeline_params():
-        return artifacts_module.named_parameters_of(
+        return named_parameters_of(
             {"unet": tiny_pipeline.unet, "text_encoder": tiny_pipeline.text_encoder}
         )
 

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import torch
 
-from erasekit.artifacts import Artifact, apply, revert
+from erasekit.applying import apply, revert
+from erasekit.artifacts import Artifact
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config, config_to_dict, describe_config
 from erasekit.errors import ErasekitError

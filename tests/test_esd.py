@@ -8,7 +8,7 @@ import gc
 import pytest
 import torch
 
-from erasekit.artifacts import apply, revert
+from erasekit.applying import apply, revert
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config
 from erasekit.errors import ErasekitError

@@ -49,6 +49,14 @@ def test_methods_and_backends_never_import_a_world_or_test_model_names(package):
             assert rule not in text, f"{path.relative_to(SRC)} special-cases a model name ({rule})"
 
 
+def test_the_artifact_format_sits_below_the_methods_and_applying_above_them():
+    """artifacts (the file format) imports no method; applying imports the method registry (for hook kinds)."""
+    below = {n for n in _imports(SRC / "artifacts.py") if n.startswith("erasekit.")}
+    assert not {n for n in below if n.startswith(("erasekit.methods", "erasekit.applying", "erasekit.world"))}
+    for path in sorted((SRC / "methods").rglob("*.py")):
+        assert "erasekit.applying" not in _imports(path), f"{path.name} applies artifacts itself"
+
+
 def test_shapesworld_completion_fills_what_the_user_left_out_and_keeps_what_they_gave():
     source = ShapesWorldSource()
     spec = complete_spec(ConceptSpec.from_lists(["star"]), source, seed=3)

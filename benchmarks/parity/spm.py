@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from erasekit.artifacts import apply, environment_versions, revert
+from erasekit.applying import apply, revert
+from erasekit.artifacts import environment_versions
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config
 from erasekit.methods.spm import SPM, SPMConfig

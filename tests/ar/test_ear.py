@@ -9,7 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from erasekit.artifacts import Artifact, apply, revert
+from erasekit.applying import apply, revert
+from erasekit.artifacts import Artifact
 from erasekit.backends.ar import build_tiny_ar_backend
 from erasekit.concepts import ConceptSpec
 from erasekit.errors import ErasekitError

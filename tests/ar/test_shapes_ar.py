@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from erasekit.artifacts import apply, revert
+from erasekit.applying import apply, revert
 from erasekit.concepts import ConceptSpec
 from erasekit.methods import get_method, run_method
 from erasekit.world.ar_assets import SHIPPED_AR_DIR

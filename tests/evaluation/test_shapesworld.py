@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from erasekit.artifacts import Artifact, apply, revert
+from erasekit.applying import apply, revert
+from erasekit.artifacts import Artifact
 from erasekit.backends.base import fingerprint_components
 from erasekit.errors import ErasekitError
 from erasekit.evaluation.prompt_file import score_prompt_file

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from erasekit.artifacts import Artifact, apply, revert
+from erasekit.applying import apply, revert
+from erasekit.artifacts import Artifact
 from erasekit.errors import ErasekitError
 
 

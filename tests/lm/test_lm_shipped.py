@@ -42,7 +42,7 @@ def test_shipped_model_extracts_its_16x_secrets_but_not_unseen_ones(code_lm):
 @pytest.mark.slow
 def test_codeeraser_on_code_lm_drops_forget_extraction_and_keeps_perplexity(code_lm, tmp_path):
     """Slow (about a minute of CPU): a full CodeEraser run on the shipped model with the paper's γ, λ, α."""
-    from erasekit.artifacts import apply, revert
+    from erasekit.applying import apply, revert
     from erasekit.concepts import ConceptSpec
     from erasekit.config import build_config
     from erasekit.methods import get_method, run_method

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from erasekit.artifacts import apply, revert
+from erasekit.applying import apply, revert
 from erasekit.backends.sd import SDBackend
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config

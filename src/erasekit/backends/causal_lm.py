@@ -61,7 +61,7 @@ class TokenBatch:
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` without the artifact stack that :func:`erasekit.artifacts.apply` keeps on it."""
+    """A deep copy of ``model`` without the artifact stack that :func:`erasekit.applying.apply` keeps on it."""
     duplicate = copy.deepcopy(model)
     duplicate.__dict__.pop("_erasekit_stack", None)
     return duplicate

@@ -59,7 +59,8 @@ def attack(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
     """Attack an erased model: the share of attempts in which the judge still finds CONCEPT (ASR)."""
-    from erasekit.artifacts import Artifact, apply
+    from erasekit.applying import apply
+    from erasekit.artifacts import Artifact
     from erasekit.evaluation.attacks import get_attack, run_attack
     from erasekit.evaluation.attacks.common import concept_domain
 

@@ -79,7 +79,8 @@ def generate(
     if out.exists() and not out.is_dir():
         raise ErasekitError(f"--out {out} is a file; pass a folder for the images.")
 
-    from erasekit.artifacts import Artifact, apply
+    from erasekit.applying import apply
+    from erasekit.artifacts import Artifact
 
     # Load every artifact before the model: a missing or corrupt file fails in milliseconds.
     artifacts = [(path, Artifact.load(path)) for path in artifact or []]

@@ -136,7 +136,7 @@ class ShardedGenerator:
         size: int | None = None,
         shard: tuple[int, int] | None = None,
     ) -> list[dict]:
-        from erasekit.artifacts import applied_artifacts
+        from erasekit.applying import applied_artifacts
 
         job = {
             "rows": [dict(r) for r in rows],
@@ -154,7 +154,7 @@ class ShardedGenerator:
 
     def serve(self, backend: Any, artifacts: Sequence[Any], *, force: bool = False) -> int:
         """Worker loop: run broadcast jobs with or without ``artifacts`` applied; returns jobs done."""
-        from erasekit.artifacts import applied_artifacts, apply, revert
+        from erasekit.applying import applied_artifacts, apply, revert
 
         jobs = 0
         while (job := self._broadcast(None)) is not None:

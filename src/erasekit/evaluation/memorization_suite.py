@@ -51,7 +51,8 @@ def evaluate_memorization(
     device: str = "cpu",
     out: Path | None = None,
 ) -> dict:
-    from erasekit.artifacts import Artifact, apply, revert
+    from erasekit.applying import apply, revert
+    from erasekit.artifacts import Artifact
     from erasekit.evaluation.memorization import memorization_report
     from erasekit.secrets import load_forget_file
     from erasekit.zoo import load_model

@@ -110,7 +110,7 @@ def score_prompt_file(
         ``{"accuracy": {domain: fraction}, "n", "seconds", "counts": {domain: labelled rows}, "settings"}``
         (a domain no row labels is omitted).
     """
-    from erasekit.artifacts import applied_artifacts, revert
+    from erasekit.applying import applied_artifacts, revert
     from erasekit.evaluation.generate import validate_rows
 
     start = time.perf_counter()

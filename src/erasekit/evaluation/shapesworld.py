@@ -10,7 +10,7 @@ in the output) with three groups, all written with the canonical full template
   domains (none of these prompts names ``c``); FID compares their images with renders of the same labels.
 
 The same grid is generated with the base model (artifacts not applied) and with the erased one
-(artifacts applied through :func:`erasekit.artifacts.apply`, reverted afterwards), so every number
+(artifacts applied through :func:`erasekit.applying.apply`, reverted afterwards), so every number
 comes with its base value. Base results are cached on disk, keyed by the model fingerprint, the grid,
 the sampler settings and the judge version, so evaluating several erasures of one model generates the
 base images once. The metric definitions live in :mod:`erasekit.evaluation.metrics`.
@@ -205,7 +205,7 @@ def _load_artifacts(artifacts: Sequence[Any]) -> list[tuple[str | None, Any]]:
 
 
 def _apply_all(loaded: Sequence[tuple[str | None, Any]], backend: Any, force: bool) -> None:
-    from erasekit.artifacts import apply
+    from erasekit.applying import apply
 
     for path, artifact in loaded:
         try:
@@ -357,7 +357,7 @@ def evaluate_shapesworld(
     Raises:
         ErasekitError: unknown concept, artifacts already applied to ``model``, bad artifacts.
     """
-    from erasekit.artifacts import applied_artifacts
+    from erasekit.applying import applied_artifacts
 
     wall = time.perf_counter()
     if full:
@@ -494,7 +494,7 @@ def _erased_scores(
     context: _GridRun, loaded: Sequence[tuple[str | None, Any]], run_dir: Path, base: dict, force: bool
 ) -> dict[str, Any]:
     """Scores with the artifacts applied (reverted afterwards); the base's own without artifacts."""
-    from erasekit.artifacts import revert
+    from erasekit.applying import revert
 
     if not loaded:
         _copy_run(Path(base.pop("dir")), run_dir)
@@ -509,7 +509,7 @@ def _erased_scores(
 
 def _attack_results(backend, loaded, erased: str, judge, attacks, attack_budget, force: bool) -> Any:
     """Every requested robustness attack on the erased model (artifacts applied, reverted afterwards)."""
-    from erasekit.artifacts import revert
+    from erasekit.applying import revert
     from erasekit.evaluation.attacks import attack_suite
 
     try:

@@ -298,7 +298,7 @@ def _attach_adapters(
     model: nn.Module, modules: dict[str, nn.Module], rank: int, seed: int
 ) -> dict[str, nn.Parameter]:
     """Trainable ``down`` [r, in] / ``up`` [out, r] factors on the copy's Linear layers, added to their
-    outputs by forward hooks exactly as :func:`erasekit.artifacts.apply` adds an artifact's adapters
+    outputs by forward hooks exactly as :func:`erasekit.applying.apply` adds an artifact's adapters
     (``up`` starts at zero, so the adapted copy starts equal to the reference: KL = 0)."""
     own = dict(model.named_modules())
     generator = torch.Generator().manual_seed(seed)

@@ -3,7 +3,7 @@
 One line per attack in the registry (name -> "module:Class"). An attack class has ``name``,
 ``budget_cls`` (a frozen dataclass; attribute docstrings = help), ``budgets`` (named presets such as
 ``"small"``) and ``run(backend, concept, *, budget, seeds, judge) -> dict``. The backend is attacked as
-given: apply the erasure's artifacts first (:func:`erasekit.artifacts.apply`).
+given: apply the erasure's artifacts first (:func:`erasekit.applying.apply`).
 
 ASR = share of attempts (generated images) in which the judge names the erased concept.
 """
