@@ -36,6 +36,7 @@ from erasekit.applying import apply, revert
 from erasekit.artifacts import environment_versions
 from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config
+from erasekit.files import atomic_write_text
 from erasekit.methods.spm import SPM, SPMConfig
 from erasekit.zoo import load_model
 
@@ -235,8 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.out, json.dumps(result, indent=1))
     return result
 
 

@@ -43,6 +43,7 @@ from transformers.utils import logging as transformers_logging
 from erasekit.backends.ar_tokenizer import WordTokenizer
 from erasekit.backends.base import (
     fingerprint_components,
+    modules_for_target,
     named_modules_of,
     named_parameters_of,
     split_targets,
@@ -323,17 +324,7 @@ class ARBackend:
     def modules_for(
         self, target: str | Iterable[str], types: tuple[type, ...] = (nn.Linear,)
     ) -> dict[str, nn.Module]:
-        params = self.parameters_for(target)
-        modules = self.named_modules()
-        out = {}
-        for pname in params:
-            if pname.endswith(".weight"):
-                mname = pname[: -len(".weight")]
-                if isinstance(modules.get(mname), types):
-                    out[mname] = modules[mname]
-        if not out:
-            raise ErasekitError(f"Target {target!r} has no Linear layers; pick another target.")
-        return out
+        return modules_for_target(self.parameters_for(target), self.named_modules(), target, types)
 
     def fingerprint(self) -> str:
         return fingerprint_components(self.components)

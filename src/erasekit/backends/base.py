@@ -98,3 +98,26 @@ def fingerprint_components(components: Mapping[str, nn.Module], sample: int = 40
             values = flat[::step][:sample].to(torch.float32).cpu().contiguous()
             digest.update(values.numpy().tobytes())
     return "sha256-sampled:" + digest.hexdigest()[:32]
+
+
+def modules_for_target(
+    params: Mapping[str, nn.Parameter],
+    modules: Mapping[str, nn.Module],
+    target: str | Iterable[str],
+    types: tuple[type, ...],
+) -> dict[str, nn.Module]:
+    """The modules of ``types`` whose ``.weight`` is among ``params`` (a target's parameters), by name.
+
+    Raises:
+        ErasekitError: the target selects no such module.
+    """
+    out = {}
+    for pname in params:
+        if pname.endswith(".weight"):
+            mname = pname[: -len(".weight")]
+            if isinstance(modules.get(mname), types):
+                out[mname] = modules[mname]
+    if not out:
+        kinds = "/".join(t.__name__ for t in types)
+        raise ErasekitError(f"Target {target!r} has no {kinds} layers; pick another target.")
+    return out

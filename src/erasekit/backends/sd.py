@@ -23,7 +23,12 @@ from diffusers.utils import logging as diffusers_logging
 from torch import nn
 from transformers.utils import logging as transformers_logging
 
-from erasekit.backends.base import fingerprint_components, named_modules_of, named_parameters_of
+from erasekit.backends.base import (
+    fingerprint_components,
+    modules_for_target,
+    named_modules_of,
+    named_parameters_of,
+)
 from erasekit.backends.targets import resolve_parameters
 from erasekit.backends.tokenizer import check_tokenizer
 from erasekit.errors import ErasekitError
@@ -209,17 +214,7 @@ class SDBackend:
         self, target: str | Iterable[str], types: tuple[type, ...] = (nn.Linear, nn.Conv2d)
     ) -> dict[str, nn.Module]:
         """Linear/Conv modules whose weight a target selects (for adapters such as SPM)."""
-        params = self.parameters_for(target)
-        modules = self.named_modules()
-        out = {}
-        for pname in params:
-            if pname.endswith(".weight"):
-                mname = pname[: -len(".weight")]
-                if isinstance(modules.get(mname), types):
-                    out[mname] = modules[mname]
-        if not out:
-            raise ErasekitError(f"Target {target!r} has no Linear/Conv layers; pick another target.")
-        return out
+        return modules_for_target(self.parameters_for(target), self.named_modules(), target, types)
 
     def fingerprint(self) -> str:
         return fingerprint_components(self.components)
