@@ -207,3 +207,8 @@ def test_demo_on_the_tiny_model(tmp_path):
 def test_demo_user_mistakes_exit_2(args, tmp_path):
     result = invoke("demo", "--model", "tiny", "--out", tmp_path, *args)
     assert result.exit_code == 2, result.output
+
+
+def test_evaluate_refuses_an_unknown_grid_before_loading_the_model():
+    result = invoke("evaluate", "--model", "no-such-model", "--erased", "star", "--grid", "huge")
+    assert result.exit_code == 2 and "--grid" in result.output and "heldout" in result.output

@@ -87,6 +87,35 @@ def test_protocol_metrics_on_a_hand_made_grid():
     assert m["n"] == {"target": 4, "synonym": 2, "retain": 2}
 
 
+def test_wilson_intervals_cover_the_rate_stay_in_bounds_and_shrink_with_n():
+    from erasekit.evaluation.metrics import wilson_interval
+
+    assert wilson_interval(0, 0) is None
+    low, high = wilson_interval(16, 16)
+    assert high == 1.0 and 0.80 < low < 0.81  # 16 of 16: [0.806, 1]
+    assert wilson_interval(0, 16)[0] == 0.0
+    low, high = wilson_interval(29, 32)
+    assert abs(low - 0.7578) < 1e-3 and abs(high - 0.9676) < 1e-3  # textbook Wilson values
+    assert wilson_interval(60, 64)[1] - wilson_interval(60, 64)[0] < high - low  # more images, narrower
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def test_protocol_metrics_report_counts_and_intervals_for_every_rate():
+    rows = [
+        row("target", {"shape": "star", "color": "red"}, {"shape": "circle", "color": "red"}),
+        row("target", {"shape": "star", "color": "red"}, {"shape": "star", "color": "red"}),
+        row("synonym", {"shape": "star", "color": "red"}, {"shape": "ring", "color": "red"}),
+        row("retain", {"shape": "circle", "color": "green"}, {"shape": "circle", "color": "green"}),
+        row("retain", {"shape": "ring", "color": "green"}, {"shape": "circle", "color": "white"}),
+    ]
+    m = protocol_metrics(rows, "star", "shape")
+    assert m["counts"] == {"ua": [1, 2], "synonym_ua": [1, 1], "ira": [1, 2], "cra": [1, 2]}
+    for key in ("ua", "synonym_ua", "ira", "cra"):
+        low, high = m["intervals"][key]
+        assert low <= m[key] <= high
+
+
 def test_protocol_metrics_for_a_colour_erasure_uses_the_colour_domain():
     rows = [
         row("target", {"shape": "star", "color": "red"}, {"shape": "star", "color": "orange"}),

@@ -101,6 +101,22 @@ def test_grid_groups_and_seeds():
     assert build_grid("star", seed=5)[0]["seed"] == 5
 
 
+def test_heldout_grid_is_larger_with_other_seeds_and_combinations():
+    from erasekit.evaluation.shapesworld import GRIDS
+
+    default, heldout = build_grid("star", **GRIDS["default"]), build_grid("star", **GRIDS["heldout"])
+    count = {g: sum(r["group"] == g for r in heldout) for g in ("target", "synonym", "retain")}
+    assert count == {"target": 32, "synonym": 24, "retain": 56}
+    assert len(heldout) > 2 * len(default) * 0.9  # about twice the images: one image moves a rate ~3 points
+    assert not {r["seed"] for r in default} & {r["seed"] for r in heldout}
+    # the target prompts are other combinations of colour and style than the default grid's
+    default_targets = {r["prompt"] for r in default if r["group"] == "target"}
+    heldout_targets = {r["prompt"] for r in heldout if r["group"] == "target"}
+    assert len(heldout_targets - default_targets) >= len(heldout_targets) // 2
+    with pytest.raises(ErasekitError, match="Unknown grid"):
+        evaluate_shapesworld("tiny", None, "star", grid="huge")
+
+
 def test_grid_for_colour_and_style_and_full():
     red = build_grid("red", seeds_per_prompt=1)
     assert all(r["labels"]["color"] == "red" for r in red if r["group"] != "retain")
