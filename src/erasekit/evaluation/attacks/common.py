@@ -119,6 +119,21 @@ def generate_from_prompts(
     guidance: float,
     batch_size: int = 16,
 ) -> torch.Tensor:
+    """Images of ``prompts`` (one seed each). A model that is not a text-embedding diffusion model
+    (an autoregressive image-token model) samples through its own ``sample``: attacks that only
+    rewrite prompts (synonyms) run on it; embedding attacks need ``encode_prompts`` and the denoiser."""
+    if getattr(backend, "kind", "sd") != "sd":
+        return torch.cat(
+            [
+                backend.sample(
+                    list(prompts[i : i + batch_size]),
+                    list(seeds[i : i + batch_size]),
+                    steps=steps,
+                    guidance=guidance,
+                )
+                for i in range(0, len(prompts), batch_size)
+            ]
+        )
     cond = torch.cat(
         [
             backend.encode_prompts(list(prompts[i : i + batch_size]))
