@@ -236,7 +236,9 @@ def test_env_json():
     assert report["versions"]["torch"] == torch.__version__
     assert report["clip_tokenizer"]["ok"] and report["clip_tokenizer"]["vocab_size"] == 49408
     assert report["device"] and report["torch_threads"] >= 1
-    assert invoke("env").exit_code == 0
+    assert {"tiny", "shapes", "shapes-ar", "code-lm"} <= set(report["models"])  # the zoo's names
+    text = invoke("env")
+    assert text.exit_code == 0 and "shapes-ar" in text.stdout
 
 
 def test_methods_does_not_import_diffusers():

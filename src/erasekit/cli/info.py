@@ -116,7 +116,15 @@ def environment_report() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE", ""),
         "clip_tokenizer": clip,
+        "models": _zoo_models(),
     }
+
+
+def _zoo_models() -> dict[str, str]:
+    """The named models of the zoo (``--model NAME``) with their descriptions."""
+    from erasekit.zoo import ZOO
+
+    return {name: entry.description for name, entry in sorted(ZOO.items())}
 
 
 @app.command()
@@ -137,4 +145,6 @@ def _human_env(report: dict[str, Any]) -> str:
     clip = report["clip_tokenizer"]
     status = f"ok ({clip['vocab_size']} tokens)" if clip["ok"] else f"BROKEN: {clip['error']}"
     lines.append(f"{'clip tokenizer':<16}{status}")
+    lines.append("models (--model NAME, or a folder / file / cached hub id):")
+    lines += [f"    {name:<12}{description}" for name, description in report.get("models", {}).items()]
     return "\n".join(lines)
