@@ -344,9 +344,7 @@ def test_stock_diffusers_pipeline_gets_the_same_edits(tiny_backend, tiny_pipelin
     )
 
     def pipeline_params():
-        return named_parameters_of(
-            {"unet": tiny_pipeline.unet, "text_encoder": tiny_pipeline.text_encoder}
-        )
+        return named_parameters_of({"unet": tiny_pipeline.unet, "text_encoder": tiny_pipeline.text_encoder})
 
     def image():
         generator = torch.Generator().manual_seed(0)

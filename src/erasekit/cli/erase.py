@@ -116,7 +116,9 @@ def erase(
         fixed[IMAGES_FIELD] = str(images)
     if forget is not None:
         if FORGET_FIELD not in field_names:
-            raise ErasekitError(f"Method {method} takes no forget file; leave out --forget (it erases --concept).")
+            raise ErasekitError(
+                f"Method {method} takes no forget file; leave out --forget (it erases --concept)."
+            )
         fixed[FORGET_FIELD] = str(forget)
     method_config = build_config(method_obj.config_cls, config, override or [], **fixed)
     if retain is not None and FORGET_FIELD not in field_names:  # code-LM methods read code files

@@ -141,7 +141,9 @@ def evaluate(
         from erasekit.evaluation import memorization_suite as mem
 
         artifacts = [str(path) for path in artifact or []]
-        result = mem.evaluate_memorization(model, artifacts, forget, seed=seed, force=force, device=device, out=out)
+        result = mem.evaluate_memorization(
+            model, artifacts, forget, seed=seed, force=force, device=device, out=out
+        )
         emit(result, as_json, mem.human)
         return
     if steps is not None and steps < 1:
