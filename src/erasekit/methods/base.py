@@ -1,7 +1,7 @@
 """What every method is, and the one runner that turns a method's work into a recorded artifact.
 
 A method is a thin class with ``name``, ``paper``, ``config_cls`` and
-``erase(backend, concepts, config) -> Artifact``. It never mutates the caller's model for good and
+``erase(backend, concepts, config, *, generator) -> Artifact``. It never mutates the caller's model for good and
 never applies its own result: it returns an artifact (the runner checks that the model it was given
 is unchanged afterwards). The runner seeds everything, times the run, samples peak memory, and
 writes the manifest: method, config, concepts, base fingerprint, versions, seed, wall time, memory.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import inspect
 import os
 import random
 import threading
@@ -35,7 +34,9 @@ class Method(Protocol):
     # conformance suite and the CLI tests use them. Not a quality setting.
     smoke_overrides: ClassVar[tuple[str, ...]]
 
-    def erase(self, backend: Any, concepts: ConceptSpec, config: Any) -> Artifact: ...
+    def erase(
+        self, backend: Any, concepts: ConceptSpec, config: Any, *, generator: torch.Generator | None = None
+    ) -> Artifact: ...
 
 
 def seed_everything(seed: int) -> None:
@@ -117,11 +118,6 @@ class PeakMemory:
             self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated())
 
 
-def accepts_generator(method: Any) -> bool:
-    """Whether ``method.erase`` takes the run's ``generator`` keyword."""
-    return "generator" in inspect.signature(method.erase).parameters
-
-
 def run_method(
     method: Method,
     backend: Any,
@@ -155,10 +151,10 @@ def run_method(
         )
     fingerprint = backend.fingerprint()
     seed_everything(seed)
-    extra = {"generator": torch.Generator().manual_seed(seed)} if accepts_generator(method) else {}
+    generator = torch.Generator().manual_seed(seed)  # every method takes it (conformance suite)
     with PeakMemory() as memory:
         start = time.perf_counter()
-        artifact = method.erase(backend, concepts, config, **extra)
+        artifact = method.erase(backend, concepts, config, generator=generator)
         seconds = time.perf_counter() - start
     if backend.fingerprint() != fingerprint:
         raise RuntimeError(

@@ -448,18 +448,17 @@ class _SecretUnlearning:
         return artifact
 
 
+# Seconds-scale settings for the conformance suite (the model's own forget set, two epochs, no stop).
+_SMOKE = ("forget_file=model", "max_epochs=2", "ma_threshold=0.0", "el_threshold=0.0")
+
+
 class GradientAscent(_SecretUnlearning):
     """Vanilla unlearning: gradient ascent on every token of the forget files."""
 
     name: ClassVar[str] = "ga"
     config_cls: ClassVar[type] = GradientAscentConfig
     objective: ClassVar[str] = "-mean CE(all real tokens)"
-    smoke_overrides: ClassVar[tuple[str, ...]] = (
-        "forget_file=model",
-        "max_epochs=2",
-        "ma_threshold=0.0",
-        "el_threshold=0.0",
-    )
+    smoke_overrides: ClassVar[tuple[str, ...]] = _SMOKE
 
     def forget_loss(self, config, ce, kl, real, m):
         return ga_forget_loss(ce, real)
@@ -473,13 +472,7 @@ class ConstraintGA(_SecretUnlearning):
     objective: ClassVar[str] = "-mean CE(all) - lam*mean KL(all) | +lam*alpha*mean KL(retain)"
     uses_retain: ClassVar[bool] = True
     uses_kl: ClassVar[bool] = True
-    smoke_overrides: ClassVar[tuple[str, ...]] = (
-        "forget_file=model",
-        "max_epochs=2",
-        "ma_threshold=0.0",
-        "el_threshold=0.0",
-        "retain_samples=4",
-    )
+    smoke_overrides: ClassVar[tuple[str, ...]] = (*_SMOKE, "retain_samples=4")
 
     def forget_loss(self, config, ce, kl, real, m):
         return constraint_forget_loss(ce, kl, real, config.lam)
@@ -493,13 +486,7 @@ class CodeEraser(_SecretUnlearning):
     objective: ClassVar[str] = "-mean CE(m) + gamma*mean CE(~m) - lam*mean KL(m) | +lam*alpha*mean KL(retain)"
     uses_retain: ClassVar[bool] = True
     uses_kl: ClassVar[bool] = True
-    smoke_overrides: ClassVar[tuple[str, ...]] = (
-        "forget_file=model",
-        "max_epochs=2",
-        "ma_threshold=0.0",
-        "el_threshold=0.0",
-        "retain_samples=4",
-    )
+    smoke_overrides: ClassVar[tuple[str, ...]] = (*_SMOKE, "retain_samples=4")
 
     def forget_loss(self, config, ce, kl, real, m):
         return codeeraser_forget_loss(ce, kl, real, m, config.gamma, config.lam)
