@@ -22,8 +22,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
 import shutil
 import sys
 import time
@@ -36,10 +34,11 @@ from tqdm.auto import tqdm
 
 from erasekit.errors import ErasekitError
 from erasekit.files import atomic_write
-from erasekit.world.captions import caption, prompt_for
-from erasekit.world.concepts import COLORS, SHAPES, STYLES
-from erasekit.world.model import MANIFEST_NAME, build_components, make_pipeline, micro_config, tiny_config
+from erasekit.world.captions import caption
+from erasekit.world.concepts import STYLES
+from erasekit.world.model import build_components, micro_config, tiny_config
 from erasekit.world.render import full_grid, render_labels
+from erasekit.world.train_outputs import export_pipeline, run_manifest, sample_grid, save_pair
 
 
 @dataclass
@@ -269,75 +268,6 @@ class _Tokens:
         return torch.stack([self.cache[c] for c in captions])
 
 
-def export_pipeline(components: dict[str, Any], folder: Path, manifest: dict[str, Any]) -> None:
-    """Save a StableDiffusionPipeline folder with float16 weights and the manifest."""
-    import copy
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    half = {
-        k: (copy.deepcopy(v).half() if isinstance(v, torch.nn.Module) else v) for k, v in components.items()
-    }
-    make_pipeline(half).save_pretrained(tmp, safe_serialization=True)
-    declare_float32(tmp)
-    (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-
-
-def declare_float32(folder: Path) -> None:
-    """Make a plain ``from_pretrained(folder)`` load every component in float32.
-
-    Weights are stored in float16 to fit the size budget. diffusers models load as float32 by default,
-    but transformers keeps the dtype written in the text encoder's config, and a float16 text encoder
-    feeding a float32 UNet fails on CPU; so the config says float32 and the weights are upcast on load.
-    """
-    file = Path(folder) / "text_encoder" / "config.json"
-    config = json.loads(file.read_text())
-    for key in ("dtype", "torch_dtype"):
-        if key in config:
-            config[key] = "float32"
-    file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-@torch.no_grad()
-def sample_grid(pipe, path: Path, *, steps: int, guidance: float, seed: int = 0) -> torch.Tensor:
-    """Generate one image per (shape, colour) with styles cycling, save an 8×8 grid PNG; returns images."""
-    from PIL import Image
-
-    prompts = [
-        prompt_for(s, c, STYLES[(i + j) % len(STYLES)])
-        for i, s in enumerate(SHAPES)
-        for j, c in enumerate(COLORS)
-    ]
-    gen = torch.Generator().manual_seed(seed)
-    imgs = pipe(
-        prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="pt"
-    ).images
-    grid = imgs.view(8, 8, 3, imgs.shape[-2], imgs.shape[-1]).permute(0, 3, 1, 4, 2)
-    grid = grid.reshape(8 * imgs.shape[-2], 8 * imgs.shape[-1], 3)
-    Image.fromarray((grid.clamp(0, 1) * 255).round().byte().numpy()).resize(
-        (grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST
-    ).save(path)
-    return imgs
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}; {os.cpu_count()} logical CPUs; torch {torch.__version__}; {torch.get_num_threads()} threads"
-    )
-
-
 def train(config: TrainConfig) -> Path:
     """Run the whole recipe; returns the exported pipeline folder (``out_dir/pipeline``)."""
     cfg = config
@@ -404,7 +334,7 @@ def _prepare_latents(cfg: TrainConfig, comps: dict, out: Path, stats: dict, t_st
         torch.save({"meta": data_meta, "labels": labels, "mean": mean, "std": std}, out / "latents.pt")
         with torch.no_grad():
             rec = vae.decode(mean[:64]).sample.add(1).div(2).clamp(0, 1)
-        _save_pair(images[:64], rec, out / "vae_recon.png")
+        save_pair(images[:64], rec, out / "vae_recon.png")
         del images
     scale = float(1.0 / mean.std())
     vae.register_to_config(scaling_factor=scale)
@@ -529,7 +459,7 @@ class _UNetRun:
         live = [p.detach().clone() for p in self.params]
         self.ema.copy_to(self.params)
         stats = {k: v for k, v in self.stats.items() if k != "scaling_factor"}
-        manifest = _manifest(
+        manifest = run_manifest(
             self.cfg, self.arch, self.t_start, self.step, self.loss_avg, stats, self.stats["scaling_factor"]
         )
         folder = self.out / "pipeline"
@@ -539,72 +469,6 @@ class _UNetRun:
                 p.copy_(v)
         _log(self.out, f"exported EMA pipeline ({tag}) at step {self.step}")
         return folder
-
-
-def _save_pair(a: torch.Tensor, b: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    n = min(len(a), 16)
-    both = torch.cat([a[:n], b[:n]]).clamp(0, 1)
-    h, w = both.shape[-2:]
-    grid = both.view(2, n, 3, h, w).permute(0, 3, 1, 4, 2).reshape(2 * h, n * w, 3)
-    Image.fromarray((grid * 255).round().byte().numpy()).resize((n * w * 3, 2 * h * 3), Image.NEAREST).save(
-        path
-    )
-
-
-def _manifest(
-    cfg: TrainConfig,
-    arch: dict,
-    t_start: float,
-    step: int,
-    loss: float | None,
-    stats: dict[str, float],
-    scale: float,
-) -> dict[str, Any]:
-    return {
-        "name": "erasekit ShapesWorld reference model",
-        "command": cfg.command or "python -m erasekit.world.train " + " ".join(sys.argv[1:]),
-        "seed": cfg.seed,
-        "wall_seconds": round(time.time() - t_start, 1),
-        "machine": _machine(),
-        "steps": step,
-        "images_seen": step * cfg.batch,
-        "final_loss_ema": None if loss is None else round(loss, 5),
-        "dataset_images": cfg.jitters_per_combo * 384 + cfg.no_shape_per_style * len(STYLES),
-        "vae_scaling_factor": scale,
-        "stats": stats,
-        "recipe": dataclasses.asdict(cfg),
-        "vae_stage": _vae_stage(cfg),
-        "architecture": arch,
-        "sampling": {
-            "scheduler": "DDIM trailing",
-            "num_inference_steps": cfg.sample_steps,
-            "guidance_scale": cfg.guidance,
-            "height": 32,
-            "width": 32,
-        },
-        "storage": "float16 safetensors; load with torch_dtype=torch.float32 on CPU",
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-def _vae_stage(cfg: TrainConfig) -> dict[str, Any]:
-    """Where the VAE came from: this run, or the run named by ``vae_from`` (its command and log)."""
-    if not cfg.vae_from:
-        return {"trained_in": "this run"}
-    info: dict[str, Any] = {"trained_in": str(cfg.vae_from)}
-    log = Path(cfg.vae_from) / "train.log"
-    if log.is_file():
-        lines = log.read_text().splitlines()
-        for line in lines:
-            if "] config {" in line:
-                info["config"] = json.loads(line.split("] config ", 1)[1])
-                break
-        vae_lines = [line for line in lines if "] vae step" in line]
-        if vae_lines:
-            info["first_log"], info["last_log"] = vae_lines[0], vae_lines[-1]
-    return info
 
 
 def _parser() -> argparse.ArgumentParser:
