@@ -74,7 +74,7 @@ class ImagesMethod:
     config_cls: ClassVar[type] = ImagesConfig
     smoke_overrides: ClassVar[tuple[str, ...]] = ()
 
-    def erase(self, backend, concepts, config):
+    def erase(self, backend, concepts, config, *, generator=None):
         count = len(os.listdir(config.images_dir)) if config.images_dir else 0
         name, param = next(iter(backend.parameters_for("cross_attn_kv").items()))
         artifact = Artifact(self.name, manifest={"images_seen": count})
