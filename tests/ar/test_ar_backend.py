@@ -41,12 +41,12 @@ def test_teacher_forced_states_equal_the_kv_cached_loop(ar):
     codes = ar.sample_tokens(PROMPTS, [1, 2, 3])
     rows = ar.prompt_rows(PROMPTS)
     forced = ar.hidden_states(rows, codes)
-    cache, inputs, loop = DynamicCache(), rows, []
+    cache, inputs, loop = DynamicCache(), ar.embed_token_ids(rows), []
     with torch.no_grad():
         for i in range(codes.shape[1]):
             h, cache = ar.family.forward(inputs, cache)
             loop.append(h[:, -1])
-            inputs = ar.family.image_ids(codes[:, i : i + 1])
+            inputs = ar.family.embed_image(codes[:, i : i + 1])
     loop = torch.stack(loop, 1)
     assert forced.shape == loop.shape == (3, ar.num_image_tokens, ar.model.config.hidden_size)
     torch.testing.assert_close(forced, loop, rtol=1e-5, atol=1e-5)
@@ -104,7 +104,7 @@ def test_prompt_too_long_is_a_one_line_error(ar):
 def test_folder_round_trip(ar, tmp_path):
     from erasekit.world.ar_train import export
 
-    export(ar.model, ar.vq, ar.tokenizer, tmp_path / "m", {"note": "test"})
+    export(ar.model, ar.family.vq, ar.tokenizer, tmp_path / "m", {"note": "test"})
     loaded = load_ar_backend(tmp_path / "m", name="m")
     # float16 storage: same tokens at temperature 0 is too strict; compare the states instead
     codes = ar.sample_tokens(PROMPTS, [1, 2, 3])

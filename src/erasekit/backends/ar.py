@@ -18,10 +18,22 @@ Methods see the same surface style as the diffusion backend: ``components`` (``{
 ``hidden_states`` runs teacher forcing: one causal forward over ``[prompt ⊕ image tokens]`` gives, at
 every image position, the same state the KV-cached loop computes (tests/ar check this).
 
-Supported folders: ``erasekit-ar-llama`` (a transformers ``LlamaForCausalLM`` folder with one joint
-vocabulary — special tokens, words, then image codes — plus ``erasekit_ar.json`` and ``vq/``; the
-shipped ShapesWorld-AR model). Other families (Janus-Pro's separate ``generation_head``, LlamaGen's
-class/text conditioning) plug in by providing the three calls of :class:`ARFamily`.
+Supported folders (:func:`load_ar_backend`; the zoo detects them with :func:`is_ar_folder`):
+
+* ``erasekit-ar-llama`` — a transformers ``LlamaForCausalLM`` folder with one joint vocabulary
+  (special tokens, words, then image codes) plus ``erasekit_ar.json`` and ``vq/``: the shipped
+  ShapesWorld-AR model (:class:`JointVocabularyFamily`, LlamaGen-style);
+* a Hugging Face Janus / Janus-Pro folder (``config.json`` with ``model_type: janus``, its tokenizer
+  and ``generation_config.json``), as ``transformers.JanusForConditionalGeneration`` generates images
+  (:class:`JanusFamily`). Tested on a tiny config built in code, saved and reloaded offline; no real
+  Janus-Pro checkpoint was run here.
+
+Other families plug in by subclassing :class:`ARFamily` (embed prompt tokens and image codes, run the
+LM, map states to image-code logits, decode/encode images, name the layers).
+
+Embedding-space attacks read the same surface as on a diffusion model: ``token_ids``,
+``encode_prompts`` (here the prompt rows' input embeddings, which every layer reads the prompt
+through), ``sample_from_embeddings`` and ``encode_images`` (image codes).
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,7 +53,7 @@ from erasekit.backends import _quiet  # noqa: F401  (before transformers: silenc
 from transformers import LlamaForCausalLM
 from transformers.utils import logging as transformers_logging
 
-from erasekit.backends.ar_tokenizer import WordTokenizer
+from erasekit.backends.ar_tokenizer import TemplateTokenizer, WordTokenizer
 from erasekit.backends.base import (
     fingerprint_components,
     modules_for_target,
@@ -52,7 +65,6 @@ from erasekit.backends.vqvae import VQVAE, load_vqvae
 from erasekit.errors import ErasekitError
 
 LAYOUT_NAME = "erasekit_ar.json"
-_LAYER = re.compile(r"^model\.model\.layers\.(\d+)\.")
 _FIRST_K = re.compile(r"^lm_(attn|mlp)_first_(\d+)$")
 
 AR_TARGETS: dict[str, str] = {
@@ -66,44 +78,146 @@ AR_TARGETS: dict[str, str] = {
 
 
 class ARFamily:
-    """How one model family embeds tokens and maps hidden states to image-code logits.
+    """The plug point: how one model family embeds prompt tokens and image codes, runs its language
+    model, maps hidden states to image-code logits, decodes/encodes images, and names its layers.
 
-    This is the joint-vocabulary Llama family (ShapesWorld-AR; LlamaGen-style): image code ``c`` is
-    vocabulary id ``image_offset + c`` and its logits are a slice of ``lm_head``.
+    A family provides the attributes and calls below; :class:`ARBackend` builds the prompt rows, the
+    KV-cached CFG loop, teacher forcing and the named targets on top of them. Two families ship:
+    :class:`JointVocabularyFamily` (ShapesWorld-AR; LlamaGen-style one vocabulary) and
+    :class:`JanusFamily` (HF ``JanusForConditionalGeneration``: separate generation embedding,
+    aligner and head, Janus-Pro's layout).
     """
 
-    def __init__(self, model: LlamaForCausalLM, image_offset: int, codebook_size: int):
-        self.model = model
+    root: nn.Module
+    """The whole model (the backend's ``"model"`` component)."""
+    layer_prefix: str
+    """Qualified name prefix of decoder layer i is ``f"{layer_prefix}{i}."`` (for ``lm_*`` targets)."""
+    head_prefix: str
+    """Qualified name prefix of the image head (``image_head`` target)."""
+    lm_prefix: str
+    """Qualified name prefix of the language model (``lm`` target)."""
+    num_layers: int
+    codebook_size: int
+    grid: int
+    image_size: int
+
+    def text_embedding(self) -> nn.Embedding:
+        """The table prompt-token ids are embedded with (attacks optimise over its rows)."""
+        raise NotImplementedError
+
+    def embed_image(self, codes: torch.Tensor) -> torch.Tensor:
+        """Input embeddings [B, T, d] of image codes [B, T]."""
+        raise NotImplementedError
+
+    def forward(self, embeds: torch.Tensor, past_key_values=None):
+        """Last hidden states [B, L, d] (after the final norm, i.e. the image head's input) and the cache."""
+        raise NotImplementedError
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the K image codes [..., K] from hidden states [..., d]."""
+        raise NotImplementedError
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Images [N, 3, H, W] in [0, 1] from codes [N, T]."""
+        raise NotImplementedError
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Codes [N, T] of images [N, 3, H, W] in [0, 1] (the VQ tokenizer's quantisation)."""
+        raise NotImplementedError
+
+
+def _lm_forward(lm: nn.Module, embeds: torch.Tensor, past_key_values):
+    out = lm(inputs_embeds=embeds, cache=past_key_values, use_cache=past_key_values is not None)
+    return out.last_hidden_state, past_key_values
+
+
+class JointVocabularyFamily(ARFamily):
+    """One vocabulary for words and image codes (ShapesWorld-AR; LlamaGen-style): image code ``c`` is
+    vocabulary id ``image_offset + c``, embedded by the same table, and its logits are a slice of
+    ``lm_head``. The image tokenizer is erasekit's VQ-VAE (:mod:`erasekit.backends.vqvae`)."""
+
+    layer_prefix = "model.model.layers."
+    head_prefix = "model.lm_head."
+    lm_prefix = "model."
+
+    def __init__(self, model: LlamaForCausalLM, vq: VQVAE, image_offset: int):
+        self.root, self.model, self.vq = model, model, vq
         self.image_offset = image_offset
-        self.codebook_size = codebook_size
-        if model.config.vocab_size < image_offset + codebook_size:
+        self.codebook_size = vq.config.codebook_size
+        self.grid, self.image_size = vq.config.grid, vq.config.image_size
+        self.num_layers = int(model.config.num_hidden_layers)
+        if model.config.vocab_size < image_offset + self.codebook_size:
             raise ErasekitError(
                 f"model vocabulary ({model.config.vocab_size}) is smaller than image_offset + codebook_size; the folder's {LAYOUT_NAME} does not match its model."
             )
 
-    def forward(self, ids: torch.Tensor, past_key_values=None):
-        """Last hidden states [B, L, d] (after the final norm) and the updated cache."""
-        out = self.model.model(input_ids=ids, cache=past_key_values, use_cache=past_key_values is not None)
-        return out.last_hidden_state, past_key_values
+    def text_embedding(self) -> nn.Embedding:
+        return self.model.model.embed_tokens
+
+    def embed_image(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.model.embed_tokens(codes + self.image_offset)
+
+    def forward(self, embeds: torch.Tensor, past_key_values=None):
+        return _lm_forward(self.model.model, embeds, past_key_values)
 
     def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits over the K image codes [..., K] from hidden states [..., d]."""
         head = self.model.lm_head
         lo, hi = self.image_offset, self.image_offset + self.codebook_size
         bias = head.bias[lo:hi] if head.bias is not None else None
         return nn.functional.linear(hidden, head.weight[lo:hi], bias)
 
-    def image_ids(self, codes: torch.Tensor) -> torch.Tensor:
-        return codes + self.image_offset
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.vq.decode_codes(codes)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vq.encode(images).reshape(len(images), -1)
+
+
+class JanusFamily(ARFamily):
+    """Hugging Face ``JanusForConditionalGeneration`` (Janus / Janus-Pro), as its ``generate(...,
+    generation_mode="image")`` runs: prompt words through the LM's ``embed_tokens``, image codes
+    through ``generation_embeddings`` + ``generation_aligner``, logits from ``generation_head`` on the
+    LM's last hidden state, images from ``vqmodel.decode`` (pixels in [-1, 1])."""
+
+    layer_prefix = "model.model.language_model.layers."
+    head_prefix = "model.model.generation_head."
+    lm_prefix = "model.model.language_model."
+
+    def __init__(self, model: nn.Module):
+        self.root, self.model = model, model
+        inner = model.model
+        self.codebook_size = int(inner.vqmodel.config.num_embeddings)
+        self.grid = int(inner.vqmodel.quantize.quant_state_dims[0])
+        upsample = 2 ** (len(inner.vqmodel.config.channel_multiplier) - 1)
+        self.image_size = self.grid * upsample
+        self.num_layers = int(model.config.text_config.num_hidden_layers)
+
+    def text_embedding(self) -> nn.Embedding:
+        return self.model.model.language_model.embed_tokens
+
+    def embed_image(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.model.generation_aligner(self.model.model.generation_embeddings(codes))
+
+    def forward(self, embeds: torch.Tensor, past_key_values=None):
+        return _lm_forward(self.model.model.language_model, embeds, past_key_values)
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.model.generation_head(hidden)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return ((self.model.model.vqmodel.decode(codes) + 1) / 2).clamp(0, 1)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.model.model.vqmodel.encode(images * 2 - 1).image_tokens
+        return tokens.reshape(len(images), -1)
 
 
 class ARBackend:
     """An autoregressive image-token model seen through erasekit's method-facing surface.
 
     Args:
-        model: The language model (``LlamaForCausalLM`` with a joint vocabulary).
-        vq: The image tokenizer (codes -> images).
-        tokenizer: Prompt tokenizer with the fixed row layout.
+        family: The model family (:class:`ARFamily`): the model, its image tokenizer, its layer names.
+        tokenizer: Prompt tokenizer with the fixed row layout (``rows``, ``prompt_len``, ``word_ids``).
         name: How the user named the model (recorded in manifests).
         guidance: Default classifier-free guidance scale.
         temperature: Default sampling temperature (0: greedy).
@@ -116,31 +230,33 @@ class ARBackend:
 
     def __init__(
         self,
-        model: LlamaForCausalLM,
-        vq: VQVAE,
-        tokenizer: WordTokenizer,
+        family: ARFamily,
+        tokenizer: Any,
         *,
         name: str = "model",
         guidance: float = 3.0,
         temperature: float = 1.0,
     ):
-        self.model, self.vq, self.tokenizer, self.name = model, vq, tokenizer, name
-        self.family = ARFamily(model, tokenizer.image_offset, vq.config.codebook_size)
-        self.components: dict[str, nn.Module] = {"model": model}
-        for module in (model, vq):
-            module.requires_grad_(False)
-            module.eval()
+        self.family, self.tokenizer, self.name = family, tokenizer, name
+        self.model = family.root
+        self.components: dict[str, nn.Module] = {"model": family.root}
+        family.root.requires_grad_(False)
+        family.root.eval()
         self.default_guidance, self.default_temperature = float(guidance), float(temperature)
-        self.n_layers = int(model.config.num_hidden_layers)
-        self.num_image_tokens = vq.config.grid**2
-        self.codebook_size = vq.config.codebook_size
+        self.n_layers = int(family.num_layers)
+        self.num_image_tokens = family.grid**2
+        self.codebook_size = family.codebook_size
         self.prompt_len = tokenizer.prompt_len
-        self.default_size = vq.config.image_size
+        self.default_size = family.image_size
 
     # ---- prompts ------------------------------------------------------------------------------
     def prompt_rows(self, prompts: Sequence[str], *, uncond: bool = False) -> torch.Tensor:
         """Prompt rows [N, prompt_len] (``uncond=True``: the CFG unconditional layout)."""
         return self.tokenizer.rows(list(prompts), uncond=uncond)
+
+    def token_ids(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompt-token ids [N, prompt_len] (the conditional rows; same name as the diffusion surface)."""
+        return self.prompt_rows(prompts)
 
     def guidance_rows(self, prompts: Sequence[str], negative_prompt: str = "") -> torch.Tensor:
         """[cond rows ; uncond rows] [2N, prompt_len], as Janus-Pro pairs them."""
@@ -151,21 +267,64 @@ class ARBackend:
             uncond = self.prompt_rows(prompts, uncond=True)
         return torch.cat([cond, uncond])
 
+    # ---- prompt embeddings (what embedding-space attacks condition on) --------------------------
+    def embed_token_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings [N, prompt_len, d] of prompt rows: the conditioning the model reads."""
+        return self.family.text_embedding()(ids)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Input embeddings of the prompts' conditional rows [N, prompt_len, d] (the AR counterpart of a
+        diffusion model's text-encoder states: every later layer reads the prompt through them)."""
+        return self.embed_token_ids(self.prompt_rows(prompts))
+
+    def prompt_token_embedding(self) -> nn.Embedding:
+        """The embedding table of prompt tokens (its rows are what a token-search attack swaps)."""
+        return self.family.text_embedding()
+
+    def prompt_token_pool(self) -> torch.Tensor:
+        """Ids a prompt may hold (words; no special tokens, no image codes)."""
+        return torch.as_tensor(list(self.tokenizer.word_ids()), dtype=torch.long)
+
+    def insert_prompt_tokens(self, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Rows with ``tokens`` inserted right after BOS; the row keeps its length and its final BOI.
+
+        Raises:
+            ErasekitError: a prompt has no room for ``len(tokens)`` more tokens.
+        """
+        k, pad = len(tokens), self.tokenizer.pad_id
+        body = ids[:, 1:-1]
+        used = (body != pad).int().cumsum(1).argmax(1) + 1  # last non-pad position + 1
+        used = torch.where((body != pad).any(1), used, torch.zeros_like(used))
+        if int(used.max()) + k > body.shape[1]:
+            raise ErasekitError(
+                f"A prompt is too long for {k} inserted tokens; shorten it or lower n_tokens."
+            )
+        prefix = tokens.to(ids).unsqueeze(0).expand(len(ids), k)
+        return torch.cat([ids[:, :1], prefix, body[:, : body.shape[1] - k], ids[:, -1:]], 1)
+
+    def decode_prompt_tokens(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
     # ---- the model ----------------------------------------------------------------------------
+    def _prompt_embeds(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows given as ids [B, P] or as embeddings [B, P, d] -> embeddings."""
+        return self.embed_token_ids(rows) if rows.dtype == torch.long else rows
+
     def hidden_states(self, rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Teacher-forced hidden states before the image head at every image position.
 
         Args:
-            rows: Prompt rows [B, prompt_len].
+            rows: Prompt rows [B, prompt_len] (ids), or their embeddings [B, prompt_len, d].
             codes: Image codes [B, T'] (T' ≤ T): the token history.
 
         Returns:
             [B, T', d]: entry i is the state that predicts code i from the prompt and codes < i —
             exactly the state the KV-cached sampling loop computes at step i.
         """
-        seq = torch.cat([rows, self.family.image_ids(codes[:, :-1])], 1)
+        prompt = self._prompt_embeds(rows)
+        seq = torch.cat([prompt, self.family.embed_image(codes[:, :-1]).to(prompt)], 1)
         hidden, _ = self.family.forward(seq)
-        return hidden[:, rows.shape[1] - 1 :]
+        return hidden[:, prompt.shape[1] - 1 :]
 
     def hidden_states_no_context(self, rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The states the public EAR training loop computes (for its ablation), shape as :meth:`hidden_states`.
@@ -177,7 +336,7 @@ class ARBackend:
         if codes.shape[1] == 1:
             return first
         b, t = codes.shape
-        alone, _ = self.family.forward(self.family.image_ids(codes[:, :-1]).reshape(-1, 1))
+        alone, _ = self.family.forward(self.family.embed_image(codes[:, :-1].reshape(-1, 1)))
         return torch.cat([first, alone.view(b, t - 1, -1)], 1)
 
     def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -185,8 +344,16 @@ class ARBackend:
         return self.family.image_logits(hidden)
 
     def next_token_logits(self, rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced next-image-token logits [B, T', K]."""
+        """Teacher-forced next-image-token logits [B, T', K] (rows: ids or embeddings)."""
         return self.image_logits(self.hidden_states(rows, codes))
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Image codes [N, T] of images [N, 3, H, W] in [0, 1] (the image tokenizer)."""
+        if images.shape[-1] != self.default_size or images.shape[-2] != self.default_size:
+            raise ErasekitError(
+                f"this AR model's image tokenizer takes {self.default_size}px images; got {tuple(images.shape[-2:])}."
+            )
+        return self.family.encode(images)
 
     # ---- sampling -----------------------------------------------------------------------------
     def _gumbel(self, seeds: Sequence[int]) -> torch.Tensor:
@@ -200,7 +367,7 @@ class ARBackend:
     @torch.no_grad()
     def sample_tokens(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str] | None,
         seeds: Sequence[int],
         *,
         guidance: float | None = None,
@@ -208,25 +375,35 @@ class ARBackend:
         negative_prompt: str = "",
         use_cache: bool = True,
         num_tokens: int | None = None,
+        prompt_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Image codes [N, T] by the CFG loop (see the module docstring).
 
-        ``use_cache=False`` recomputes the whole sequence every step (the reference the cache is tested
-        against); both give the same tokens.
+        ``prompt_embeds`` [N, prompt_len, d] replaces the prompts' conditional rows by given input
+        embeddings (``prompts`` None); the unconditional rows stay the model's own. ``use_cache=False``
+        recomputes the whole sequence every step (the reference the cache is tested against); both
+        give the same tokens.
         """
-        if len(prompts) != len(seeds):
-            raise ErasekitError(
-                f"Got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt."
-            )
+        n = len(prompt_embeds) if prompt_embeds is not None else len(prompts or ())
+        if n != len(seeds):
+            raise ErasekitError(f"Got {n} prompts but {len(seeds)} seeds; pass one seed per prompt.")
         g = self.default_guidance if guidance is None else float(guidance)
         temp = self.default_temperature if temperature is None else float(temperature)
         if temp < 0:
             raise ErasekitError(f"temperature must be ≥ 0; got {temp}")
-        n, steps = len(prompts), num_tokens or self.num_image_tokens
+        steps = num_tokens or self.num_image_tokens
         noise = self._gumbel(seeds)
-        rows = self.guidance_rows(prompts, negative_prompt)
+        if prompt_embeds is None:
+            embeds = self.embed_token_ids(self.guidance_rows(prompts, negative_prompt))
+        else:
+            if negative_prompt:
+                uncond = self.prompt_rows([negative_prompt] * n)
+            else:
+                uncond = self.prompt_rows([""] * n, uncond=True)
+            uncond_embeds = self.embed_token_ids(uncond)
+            embeds = torch.cat([prompt_embeds.to(uncond_embeds), uncond_embeds])
         codes = torch.zeros(n, 0, dtype=torch.long)
-        past, inputs = None, rows
+        past, inputs = None, embeds
         if use_cache:
             from transformers import DynamicCache
 
@@ -235,8 +412,8 @@ class ARBackend:
             if use_cache:
                 hidden, past = self.family.forward(inputs, past)
             else:
-                seq = torch.cat([rows, self.family.image_ids(torch.cat([codes, codes]))], 1)
-                hidden, _ = self.family.forward(seq)
+                history = self.family.embed_image(torch.cat([codes, codes])).to(embeds)
+                hidden, _ = self.family.forward(torch.cat([embeds, history], 1))
             logits = self.image_logits(hidden[:, -1]).float()
             cond, uncond = logits[:n], logits[n:]
             mixed = uncond + g * (cond - uncond)
@@ -245,15 +422,13 @@ class ARBackend:
             else:
                 tok = (mixed / temp + noise[:, i]).argmax(-1)  # Gumbel-max = a draw from softmax(l / T)
             codes = torch.cat([codes, tok[:, None]], 1)
-            inputs = self.family.image_ids(torch.cat([tok, tok])[:, None])
+            inputs = self.family.embed_image(torch.cat([tok, tok])[:, None]).to(embeds)
         return codes
 
     @torch.no_grad()
     def decode_tokens(self, codes: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, H, W] in [0, 1] from image codes [N, T]."""
-        return torch.cat(
-            [self.vq.decode_codes(codes[i : i + 256]) for i in range(0, len(codes), 256)]
-        ).float()
+        return torch.cat([self.family.decode(codes[i : i + 256]) for i in range(0, len(codes), 256)]).float()
 
     def sample(
         self,
@@ -281,6 +456,22 @@ class ARBackend:
         )
         return self.decode_tokens(codes)
 
+    def sample_from_embeddings(
+        self,
+        cond: torch.Tensor,
+        seeds: Sequence[int],
+        *,
+        steps: int = 25,
+        guidance: float | None = None,
+        temperature: float | None = None,
+    ) -> torch.Tensor:
+        """Images from prompt input embeddings [N, prompt_len, d] (see :meth:`encode_prompts`), one seed
+        each; embeddings equal to a prompt's encoding reproduce :meth:`sample` for that prompt and seed."""
+        codes = self.sample_tokens(
+            None, seeds, guidance=guidance, temperature=temperature, prompt_embeds=cond
+        )
+        return self.decode_tokens(codes)
+
     # ---- targets ------------------------------------------------------------------------------
     def named_parameters(self) -> dict[str, nn.Parameter]:
         return named_parameters_of(self.components)
@@ -288,8 +479,15 @@ class ARBackend:
     def named_modules(self) -> dict[str, nn.Module]:
         return named_modules_of(self.components)
 
+    def _layer(self, name: str) -> int | None:
+        prefix = self.family.layer_prefix
+        if not name.startswith(prefix):
+            return None
+        index = name[len(prefix) :].split(".", 1)[0]
+        return int(index) if index.isdigit() else None
+
     def _matches(self, target: str, name: str) -> bool:
-        layer = _LAYER.match(name)
+        layer = self._layer(name)
         attn = layer is not None and ".self_attn." in name and re.search(r"\.[qkvo]_proj\.", name) is not None
         mlp = layer is not None and ".mlp." in name
         if target == "lm_attn":
@@ -297,15 +495,15 @@ class ARBackend:
         if target == "lm_mlp":
             return mlp
         if target == "image_head":
-            return name.startswith("model.lm_head.")
+            return name.startswith(self.family.head_prefix)
         if target == "lm":
-            return name.startswith("model.")
+            return name.startswith(self.family.lm_prefix)
         first = _FIRST_K.match(target)
         if first:
             kind, k = first.group(1), int(first.group(2))
             if k < 1 or k > self.n_layers:
                 raise ErasekitError(f"Target {target}: k must be 1..{self.n_layers} for this model.")
-            return (attn if kind == "attn" else mlp) and int(layer.group(1)) < k
+            return (attn if kind == "attn" else mlp) and layer < k
         raise ErasekitError(
             f"Unknown AR target {target!r}; valid: lm_attn, lm_mlp, lm_attn_first_K, lm_mlp_first_K, image_head, lm."
         )
@@ -331,9 +529,27 @@ class ARBackend:
 
 
 # ---- loading -----------------------------------------------------------------------------------
+# Hugging Face model types this backend loads from their own folder (config.json), no erasekit layout.
+HF_FAMILIES = ("janus",)
+# Janus-Pro's SFT prompt format (deepseek-ai/Janus generation_inference.py, empty system prompt).
+JANUS_TEMPLATE = "<|User|>: {}\n\n<|Assistant|>:"
+
+
+def _hf_model_type(folder: Path) -> str | None:
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text()).get("model_type")
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return None
+
+
 def is_ar_folder(path: str | Path) -> bool:
-    """True when ``path`` is a folder this backend loads (has ``erasekit_ar.json``)."""
-    return (Path(path) / LAYOUT_NAME).is_file()
+    """True when ``path`` is a folder this backend loads: ``erasekit_ar.json``, or a Hugging Face
+    folder of an AR image family (:data:`HF_FAMILIES`, by ``config.json``'s ``model_type``)."""
+    folder = Path(path).expanduser()
+    return (folder / LAYOUT_NAME).is_file() or _hf_model_type(folder) in HF_FAMILIES
 
 
 def load_ar_backend(
@@ -353,16 +569,19 @@ def load_ar_backend(
     folder = Path(model).expanduser()
     if not is_ar_folder(folder):
         raise ErasekitError(
-            f"{folder} is not an AR image-model folder (no {LAYOUT_NAME}); pass shapes-ar or such a folder."
+            f"{folder} is not an AR image-model folder (no {LAYOUT_NAME}, no Janus config.json); pass shapes-ar or such a folder."
         )
     if device != "cpu":
         raise ErasekitError("the AR backend runs on cpu only for now; pass --device cpu.")
-    layout = json.loads((folder / LAYOUT_NAME).read_text())
-    if layout.get("format") != "erasekit-ar-llama":
-        raise ErasekitError(
-            f"{folder}: AR format {layout.get('format')!r} is not supported; supported: erasekit-ar-llama."
-        )
+    layout = json.loads((folder / LAYOUT_NAME).read_text()) if (folder / LAYOUT_NAME).is_file() else {}
+    fmt = layout.get("format") or _hf_model_type(folder)
     transformers_logging.disable_progress_bar()
+    if fmt == "janus":
+        return _load_janus(folder, layout, name=name or str(model), dtype=dtype)
+    if fmt != "erasekit-ar-llama":
+        raise ErasekitError(
+            f"{folder}: AR format {fmt!r} is not supported; supported: erasekit-ar-llama, janus."
+        )
     lm = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     vq = load_vqvae(folder / layout.get("vq_folder", "vq"))
     tokenizer = WordTokenizer.from_dict(layout["tokenizer"])
@@ -371,12 +590,58 @@ def load_ar_backend(
             f"{folder}/{LAYOUT_NAME}: image_offset does not match the tokenizer; re-export the folder."
         )
     return ARBackend(
-        lm,
-        vq,
+        JointVocabularyFamily(lm, vq, tokenizer.image_offset),
         tokenizer,
         name=name or str(model),
         guidance=float(layout.get("default_guidance", 3.0)),
         temperature=float(layout.get("default_temperature", 1.0)),
+    )
+
+
+def _load_janus(folder: Path, layout: dict, *, name: str, dtype: torch.dtype) -> ARBackend:
+    """A Hugging Face Janus / Janus-Pro folder: ``config.json`` + weights, its tokenizer, and
+    ``generation_config.json`` (``bos_token_id``, ``pad_token_id``, ``generation_kwargs.boi_token_id``,
+    ``guidance_scale``, ``temperature``). An optional ``erasekit_ar.json`` may set ``prompt_len`` and
+    ``template`` (default: Janus-Pro's SFT format) and the sampling defaults."""
+    from transformers import AutoTokenizer, GenerationConfig, JanusForConditionalGeneration
+
+    generation = (
+        GenerationConfig.from_pretrained(folder, local_files_only=True)
+        if (folder / "generation_config.json").is_file()
+        else GenerationConfig()
+    )
+    boi = (getattr(generation, "generation_kwargs", None) or {}).get(
+        "boi_token_id", layout.get("boi_token_id")
+    )
+    missing = [
+        key
+        for key, value in (
+            ("bos_token_id", generation.bos_token_id),
+            ("pad_token_id", generation.pad_token_id),
+            ("generation_kwargs.boi_token_id", boi),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ErasekitError(
+            f"{folder}/generation_config.json lacks {', '.join(missing)}; a Janus folder needs them for its prompt rows."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = JanusForConditionalGeneration.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    prompt_tokenizer = TemplateTokenizer(
+        tokenizer,
+        bos_id=generation.bos_token_id,
+        pad_id=generation.pad_token_id,
+        boi_id=boi,
+        prompt_len=int(layout.get("prompt_len", 64)),
+        template=str(layout.get("template", JANUS_TEMPLATE)),
+    )
+    return ARBackend(
+        JanusFamily(model),
+        prompt_tokenizer,
+        name=name,
+        guidance=float(layout.get("default_guidance", generation.guidance_scale or 5.0)),
+        temperature=float(layout.get("default_temperature", generation.temperature or 1.0)),
     )
 
 
@@ -408,4 +673,10 @@ def build_tiny_ar_backend(seed: int = 0) -> ARBackend:
         tie_word_embeddings=False,
     )
     lm = LlamaForCausalLM(config)
-    return ARBackend(lm, vq, tokenizer, name="tiny-ar", guidance=3.0, temperature=1.0)
+    return ARBackend(
+        JointVocabularyFamily(lm, vq, tokenizer.image_offset),
+        tokenizer,
+        name="tiny-ar",
+        guidance=3.0,
+        temperature=1.0,
+    )

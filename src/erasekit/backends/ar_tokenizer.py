@@ -89,6 +89,14 @@ class WordTokenizer:
             out[i, 1 : 1 + len(ids)] = torch.tensor(ids, dtype=torch.long)
         return out
 
+    def word_ids(self) -> range:
+        """Ids of the words (no special tokens, no image codes)."""
+        return range(len(SPECIALS), self.image_offset)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        vocab = SPECIALS + self.words
+        return " ".join(vocab[i] if 0 <= i < len(vocab) else "<?>" for i in ids)
+
     def to_dict(self) -> dict:
         return {
             "type": "word",
@@ -102,6 +110,50 @@ class WordTokenizer:
         if data.get("type") != "word" or list(data.get("specials", [])) != list(SPECIALS):
             raise ErasekitError("unsupported AR tokenizer description; expected the erasekit word tokenizer.")
         return cls(words=tuple(data["words"]), prompt_len=int(data["prompt_len"]))
+
+
+class TemplateTokenizer:
+    """A Hugging Face tokenizer in the same fixed row layout, with a prompt template (Janus-Pro's SFT
+    format ``"<|User|>: {}\n\n<|Assistant|>:"``): ``[BOS] template(prompt) [PAD]* [BOI]``.
+
+    Janus-Pro's own processor left-pads a batch and masks the pads; this layout pads between the prompt
+    and BOI instead (what Janus-Pro's unconditional rows already look like), so every row's image starts
+    at the same position and no attention mask is needed. A prompt that fills the row has no pads.
+    """
+
+    def __init__(self, tokenizer, *, bos_id: int, pad_id: int, boi_id: int, prompt_len: int, template: str):
+        if "{}" not in template:
+            raise ErasekitError(f"prompt template {template!r} has no {{}} for the prompt; add one.")
+        self.tokenizer, self.template, self.prompt_len = tokenizer, template, int(prompt_len)
+        self.bos_id, self.pad_id, self.boi_id = int(bos_id), int(pad_id), int(boi_id)
+
+    @property
+    def max_words(self) -> int:
+        return self.prompt_len - 2
+
+    def encode(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(self.template.format(prompt), add_special_tokens=False)["input_ids"])
+
+    def rows(self, prompts: Sequence[str], *, uncond: bool = False) -> torch.Tensor:
+        out = torch.full((len(prompts), self.prompt_len), self.pad_id, dtype=torch.long)
+        out[:, 0], out[:, -1] = self.bos_id, self.boi_id
+        if uncond:
+            return out
+        for i, p in enumerate(prompts):
+            ids = self.encode(p)
+            if len(ids) > self.max_words:
+                raise ErasekitError(
+                    f"prompt {p!r} takes {len(ids)} tokens with the template; this model's rows hold {self.max_words}, shorten it."
+                )
+            out[i, 1 : 1 + len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def word_ids(self) -> list[int]:
+        special = {self.bos_id, self.pad_id, self.boi_id, *self.tokenizer.all_special_ids}
+        return [i for i in range(len(self.tokenizer)) if i not in special]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
 
 
 def build_vocabulary(texts: Sequence[str]) -> tuple[str, ...]:
