@@ -94,11 +94,21 @@ def generate_from_embeddings(
 ) -> torch.Tensor:
     """Images [N, 3, H, W] in [0, 1] from conditioning embeddings [N, L, D], one seed per image.
 
-    The same explicit DDIM loop as ``backend.sample`` (negative prompt ""), so an attack whose
+    A backend with its own ``sample_from_embeddings`` (an autoregressive image-token model, whose
+    conditioning is its prompt rows' input embeddings) samples through it; a diffusion backend runs
+    the same explicit DDIM loop as ``backend.sample`` (negative prompt ""). Either way an attack whose
     embeddings equal a prompt's encoding reproduces ``backend.sample`` for that prompt and seed.
     """
     if len(cond) != len(seeds):
         raise ErasekitError(f"Got {len(cond)} embeddings but {len(seeds)} seeds; pass one seed per image.")
+    own = getattr(backend, "sample_from_embeddings", None)
+    if own is not None:
+        return torch.cat(
+            [
+                own(cond[i : i + batch_size], list(seeds[i : i + batch_size]), steps=steps, guidance=guidance)
+                for i in range(0, len(seeds), batch_size)
+            ]
+        )
     images = []
     for start in range(0, len(seeds), batch_size):
         chunk = cond[start : start + batch_size]
@@ -120,8 +130,7 @@ def generate_from_prompts(
     batch_size: int = 16,
 ) -> torch.Tensor:
     """Images of ``prompts`` (one seed each). A model that is not a text-embedding diffusion model
-    (an autoregressive image-token model) samples through its own ``sample``: attacks that only
-    rewrite prompts (synonyms) run on it; embedding attacks need ``encode_prompts`` and the denoiser."""
+    (an autoregressive image-token model) samples through its own ``sample``."""
     if getattr(backend, "kind", "sd") != "sd":
         return torch.cat(
             [

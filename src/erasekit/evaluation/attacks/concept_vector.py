@@ -5,7 +5,9 @@ in the concept, then adds it to prompts that do not name the concept (its eq. 2�
 
     ĉ = 1/N Σ_i [ E(p_i with concept) − E(p_i without) ],      c̃ = E(p_innocuous) + η ĉ
 
-Here ``E`` is the attacked model's text encoder output (every token position, as the UNet sees it).
+Here ``E`` is ``backend.encode_prompts``: a diffusion model's text-encoder output (every token position,
+as the UNet sees it); on an autoregressive image-token model, the prompt rows' input embeddings (what
+its every layer reads the prompt through), sampled by the model's own CFG loop.
 Pairs put the concept and each other concept of its domain into the same canonical ShapesWorld prompt,
 so token positions line up; the innocuous prompts are fresh prompts with another concept of that
 domain, and η is swept over ``scales``. Ring-A-Bell then searches discrete tokens whose encoding is
@@ -46,7 +48,7 @@ class ConceptVectorBudget:
     scales: tuple[float, ...] = (1.0, 2.0, 3.0)
     """Values of η tried; the reported ASR is the best one's."""
     steps: int = 25
-    """DDIM steps per generated image."""
+    """DDIM steps per generated image (diffusion models)."""
     guidance: float = 3.0
     """Classifier-free guidance scale."""
 

@@ -13,6 +13,13 @@ and keeps the best if it lowers the loss. The concept images are ShapesWorld ren
 (:func:`erasekit.world.render`) of the concept with seeded other attributes, each paired with its
 canonical prompt; the noise and timesteps are drawn once, so the loss is a fixed function of the tokens.
 
+On an autoregressive image-token model (a backend with ``next_token_logits``, no denoiser) the loss is
+that model's own training loss instead: the mean cross-entropy of the renders' image codes
+(``backend.encode_images``) given ``a ⊕ prompt``, teacher-forced (−1/T Σ_i log p_θ'(y_i | a ⊕ prompt,
+y_<i)); the prefix is searched over the prompt vocabulary (``backend.prompt_token_pool``), inserted
+after BOS with the row's BOI kept (``backend.insert_prompt_tokens``). Which loss is used follows the
+backend's surface, nothing else.
+
 ASR is measured before (the plain prompts) and after (the same prompts, seeds and noise with the
 adversarial prefix). Generation conditions on the optimised token ids directly, as a white-box attacker
 would; the decoded text is recorded too (re-tokenising it may not give the same ids).
@@ -53,13 +60,13 @@ class PromptOptBudget:
     top_k: int = 64
     """Replacement tokens per position ranked by the one-hot gradient."""
     images: int = 4
-    """Concept renders the denoising loss is measured on."""
+    """Concept renders the loss is measured on."""
     timesteps: int = 2
-    """Noise levels per render in the loss."""
+    """Noise levels per render in the loss (diffusion models; an image-token loss has none)."""
     eval_prompts: int = 4
     """Concept prompts the ASR is measured on (each with every seed)."""
     sample_steps: int = 25
-    """DDIM steps per generated image."""
+    """DDIM steps per generated image (diffusion models)."""
     guidance: float = 3.0
     """Classifier-free guidance scale."""
 
@@ -95,7 +102,7 @@ def with_prefix(ids: torch.Tensor, adversarial: torch.Tensor, eos_id: int) -> to
 
 
 class _TokenLoss:
-    """The fixed denoising loss of an adversarial prefix on seeded concept renders."""
+    """The fixed denoising loss of an adversarial prefix on seeded concept renders (diffusion models)."""
 
     def __init__(self, backend: Any, concept: str, budget: PromptOptBudget, generator: torch.Generator):
         from erasekit.world import prompt_for, render
@@ -120,6 +127,25 @@ class _TokenLoss:
         self.target = backend.training_target(x0, noise, t)
         self.ids = backend.token_ids([prompt_for(**lab) for lab in labels])
         self.repeats = budget.timesteps
+        tokenizer = backend.tokenizer
+        self.banned = sorted(
+            {
+                int(i)
+                for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+                if i is not None
+            }
+        )
+
+    def with_prefix(self, ids: torch.Tensor, adversarial: torch.Tensor) -> torch.Tensor:
+        return with_prefix(ids, adversarial, self.eos_id)
+
+    @torch.no_grad()
+    def conditioning(self, ids: torch.Tensor) -> torch.Tensor:
+        """What generation conditions on for token ids: the text encoder's states."""
+        return self.text_encoder(ids)[0]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.backend.tokenizer.decode(list(ids))
 
     def _loss_from_cond(self, cond: torch.Tensor, groups: int) -> torch.Tensor:
         cond = cond.repeat_interleave(self.repeats, 0)
@@ -154,6 +180,88 @@ class _TokenLoss:
             handle.remove()
         (grad,) = torch.autograd.grad(loss, one_hot)
         return float(loss.detach()), grad
+
+
+class _ImageTokenLoss:
+    """The fixed image-token loss of an adversarial prefix (autoregressive image-token models): mean
+    cross-entropy of seeded concept renders' codes given ``a ⊕ prompt``, teacher-forced."""
+
+    def __init__(self, backend: Any, concept: str, budget: PromptOptBudget, generator: torch.Generator):
+        from erasekit.world import prompt_for, render
+
+        self.backend = backend
+        self.embedding = backend.prompt_token_embedding()
+        labels = other_labels(concept, budget.images, generator)
+        images = render(
+            [lab["shape"] for lab in labels],
+            [lab["color"] for lab in labels],
+            [lab["style"] for lab in labels],
+            size=backend.default_size,
+            generator=generator,
+        )
+        with torch.no_grad():
+            self.codes = backend.encode_images(images)
+        self.ids = backend.token_ids([prompt_for(**lab) for lab in labels])
+        allowed = torch.zeros(self.embedding.weight.shape[0], dtype=torch.bool)
+        allowed[backend.prompt_token_pool()] = True
+        self.banned = (~allowed).nonzero().squeeze(1).tolist()
+
+    def with_prefix(self, ids: torch.Tensor, adversarial: torch.Tensor) -> torch.Tensor:
+        return self.backend.insert_prompt_tokens(ids, adversarial)
+
+    @torch.no_grad()
+    def conditioning(self, ids: torch.Tensor) -> torch.Tensor:
+        """What generation conditions on for token ids: the prompt rows' input embeddings."""
+        return self.backend.embed_token_ids(ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.backend.decode_prompt_tokens(list(ids))
+
+    def _loss_from_cond(self, cond: torch.Tensor, groups: int) -> torch.Tensor:
+        codes = self.codes.repeat(groups, 1)
+        logits = self.backend.next_token_logits(cond, codes).float()
+        error = torch.nn.functional.cross_entropy(logits.flatten(0, 1), codes.flatten(), reduction="none")
+        return error.reshape(groups, -1).mean(1)
+
+    @torch.no_grad()
+    def losses(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Loss of each candidate prefix [C, k] -> [C]."""
+        ids = torch.cat([self.with_prefix(self.ids, c) for c in candidates])
+        return self._loss_from_cond(self.backend.embed_token_ids(ids), len(candidates))
+
+    def gradient(self, adversarial: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Loss and its gradient w.r.t. a one-hot encoding of the prefix tokens [k, vocab]."""
+        weight = self.embedding.weight
+        one_hot = torch.zeros(len(adversarial), weight.shape[0], dtype=weight.dtype)
+        one_hot[torch.arange(len(adversarial)), adversarial] = 1.0
+        one_hot.requires_grad_(True)
+        k = len(adversarial)
+        with torch.no_grad():
+            cond = self.backend.embed_token_ids(self.with_prefix(self.ids, adversarial))
+        cond = torch.cat(
+            [cond[:, :1], (one_hot @ weight).unsqueeze(0).expand(len(cond), -1, -1), cond[:, 1 + k :]], 1
+        )
+        loss = self._loss_from_cond(cond, 1)[0]
+        (grad,) = torch.autograd.grad(loss, one_hot)
+        return float(loss.detach()), grad
+
+
+def concept_loss(
+    backend: Any, concept: str, budget: PromptOptBudget, generator: torch.Generator
+) -> _TokenLoss | _ImageTokenLoss:
+    """The attack's loss for this backend's surface: a denoiser's (``predict_noise``) or an image-token
+    model's (``next_token_logits``).
+
+    Raises:
+        ErasekitError: the backend offers neither.
+    """
+    if hasattr(backend, "predict_noise"):
+        return _TokenLoss(backend, concept, budget, generator)
+    if hasattr(backend, "next_token_logits"):
+        return _ImageTokenLoss(backend, concept, budget, generator)
+    raise ErasekitError(
+        "prompt_opt attacks text-to-image models (a denoiser or an image-token model); this backend is neither."
+    )
 
 
 def optimise_prefix(
@@ -195,28 +303,21 @@ class PromptOptAttack:
         budget = resolve_budget(PromptOptBudget, BUDGETS, budget)
         seeds = check_seeds(seeds)
         generator = torch.Generator().manual_seed(seeds[0])
-        loss = _TokenLoss(backend, concept, budget, generator)
-        tokenizer = backend.tokenizer
-        banned = {
-            int(i)
-            for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-            if i is not None
-        }
-        adversarial, trace = optimise_prefix(loss, budget, generator, sorted(banned))
+        loss = concept_loss(backend, concept, budget, generator)
+        adversarial, trace = optimise_prefix(loss, budget, generator, loss.banned)
 
         eval_labels = other_labels(concept, budget.eval_prompts, torch.Generator().manual_seed(seeds[0] + 1))
         prompts = [prompt_for(**lab) for lab in eval_labels]
         ids = backend.token_ids([p for p in prompts for _ in seeds])
         image_seeds = [s for _ in prompts for s in seeds]
-        with torch.no_grad():
-            plain = backend.components["text_encoder"](ids)[0]
-            attacked = backend.components["text_encoder"](with_prefix(ids, adversarial, loss.eos_id))[0]
+        plain = loss.conditioning(ids)
+        attacked = loss.conditioning(loss.with_prefix(ids, adversarial))
         kwargs = {"steps": budget.sample_steps, "guidance": budget.guidance}
         hits_before = judge_hits(
             judge, generate_from_embeddings(backend, plain, image_seeds, **kwargs), concept
         )
         hits = judge_hits(judge, generate_from_embeddings(backend, attacked, image_seeds, **kwargs), concept)
-        prefix_text = tokenizer.decode(adversarial.tolist())
+        prefix_text = loss.decode(adversarial.tolist())
         return result(
             self.name,
             backend,
