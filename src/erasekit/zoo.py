@@ -35,6 +35,8 @@ class ZooEntry:
     kind: str  # "sd", "ar" or "causal_lm": which backend loads it
     folder: Callable[[], Path] | None
     source: Callable[[], DataSource]
+    image_adapter: Callable[[], Any] | None = None
+    """Its IP-Adapter for image prompts: a folder, or an installer for one built in code (None: none)."""
 
 
 def _shapes_folder() -> Path:
@@ -47,6 +49,18 @@ def _shapes_source() -> DataSource:
     from erasekit.world.source import ShapesWorldSource
 
     return ShapesWorldSource()
+
+
+def _shapes_ip_adapter() -> Path:
+    from erasekit.world.ip_adapter import IP_ADAPTER_DIR
+
+    return Path(IP_ADAPTER_DIR)
+
+
+def _tiny_ip_adapter() -> Any:
+    from erasekit.backends.ip_adapter import random_adapter_installer
+
+    return random_adapter_installer()
 
 
 def _shapes_ar_folder() -> Path:
@@ -62,9 +76,15 @@ def _code_lm_folder() -> Path:
 
 
 ZOO: dict[str, ZooEntry] = {
-    "tiny": ZooEntry("random tiny SD pipeline built in code (tests)", "sd", None, DataSource),
+    "tiny": ZooEntry(
+        "random tiny SD pipeline built in code (tests)", "sd", None, DataSource, _tiny_ip_adapter
+    ),
     "shapes": ZooEntry(
-        "the shipped ShapesWorld model (SD architecture, 32 px)", "sd", _shapes_folder, _shapes_source
+        "the shipped ShapesWorld model (SD architecture, 32 px)",
+        "sd",
+        _shapes_folder,
+        _shapes_source,
+        _shapes_ip_adapter,
     ),
     "tiny-ar": ZooEntry(
         "random tiny autoregressive image-token model built in code (tests)", "ar", None, DataSource
@@ -182,6 +202,9 @@ def load_model(model: str, *, retain: str | Path | None = None, **kwargs: Any) -
 
         backend = load_backend(resolve(model), name=model, **kwargs)
     backend.data_source = source
+    entry = ZOO.get(model)
+    if kind == "sd" and entry is not None and entry.image_adapter is not None:
+        backend.image_adapter_source = entry.image_adapter()
     return backend
 
 

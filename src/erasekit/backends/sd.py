@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,6 +66,9 @@ class SDBackend:
         self.n_text_layers = int(self.text_encoder.config.num_hidden_layers)
         self.device = self.unet.device
         self.dtype = self.unet.dtype
+        # IP-Adapter: where this model's adapter lives (the zoo sets it) and the loaded one, if any.
+        self.image_adapter_source = None
+        self.image_adapter = None
 
     # ---- prompts ---------------------------------------------------------------------------
     def token_ids(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -99,16 +103,56 @@ class SDBackend:
         )
 
     # ---- denoiser ---------------------------------------------------------------------------
-    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor | int,
+        cond: torch.Tensor,
+        image_tokens: torch.Tensor | None = None,
+        image_scale: float = 1.0,
+    ) -> torch.Tensor:
         """The UNet's native prediction (ε, or v for v-prediction models) for ``latents`` at ``t``.
 
         Linear combinations whose weights sum to one (CFG, ESD's target) mean the same in ε and v
-        space at fixed x_t, so methods may combine predictions without converting.
+        space at fixed x_t, so methods may combine predictions without converting. Inside
+        :meth:`image_prompts`, ``image_tokens`` [B or 1, T, D] condition through the IP-Adapter at
+        scale ``image_scale``; without them the call is text-only (zero tokens at scale 0).
         """
         if not torch.is_tensor(t):
             t = torch.tensor([t], device=latents.device)
         t = t.to(latents.device).expand(latents.shape[0]) if t.numel() == 1 else t.to(latents.device)
+        if self.image_adapter is not None:
+            return self.image_adapter.predict(latents, t, cond, image_tokens, image_scale)
+        if image_tokens is not None:
+            raise ErasekitError(
+                "image tokens need an IP-Adapter; call inside `with backend.image_prompts():`."
+            )
         return self.unet(latents, t, encoder_hidden_states=cond).sample
+
+    # ---- image prompts (IP-Adapter, backends/ip_adapter.py) ----------------------------------
+    @contextmanager
+    def image_prompts(self, source=None):
+        """Load the model's IP-Adapter (``source``: a folder or installer; default ``image_adapter_source``)
+        for the duration; yields the :class:`~erasekit.backends.ip_adapter.ImageAdapter` (image → tokens).
+
+        Raises:
+            ErasekitError: the model has no IP-Adapter and none was given.
+        """
+        from erasekit.backends.ip_adapter import ImageAdapter
+
+        source = source if source is not None else self.image_adapter_source
+        if source is None:
+            raise ErasekitError(
+                f"{self.name} has no IP-Adapter for image prompts; pass an adapter folder (diffusers IP-Adapter format)."
+            )
+        if self.image_adapter is not None:
+            raise ErasekitError("an IP-Adapter is already loaded; nest no image_prompts() blocks.")
+        self.image_adapter = ImageAdapter(self.pipe, source)
+        try:
+            yield self.image_adapter
+        finally:
+            self.image_adapter.unload()
+            self.image_adapter = None
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Forward diffusion q(x_t | x_0) of the model's training schedule."""

@@ -10,6 +10,7 @@ from erasekit.methods.base import Method, run_method
 _REGISTRY: dict[str, str] = {
     "uce": "erasekit.methods.uce:UCE",
     "esd": "erasekit.methods.esd:ESD",
+    "coerasing": "erasekit.methods.coerasing:CoErasing",
     "spm": "erasekit.methods.spm:SPM",
     "itd": "erasekit.methods.itd:ItD",
     "fewshot": "erasekit.methods.fewshot:FewShot",
