@@ -134,7 +134,7 @@ def test_suite_and_input_errors(tiny_backend):
         tiny_backend, "star", BrightJudge(2.0), budget="small", attacks=["synonym"], seeds=[0]
     )
     assert list(suite) == ["synonym"] and suite["synonym"]["budget"]["prompts_per_synonym"] == 2
-    assert available_attacks() == ["synonym", "prompt_opt", "concept_vector"]
+    assert available_attacks() == ["synonym", "prompt_opt", "concept_vector", "image_prompt"]
     with pytest.raises(ErasekitError, match="Unknown attack"):
         run_attack("nope", tiny_backend, "star", judge=BrightJudge(0))
     with pytest.raises(ErasekitError, match="unknown ShapesWorld concept"):

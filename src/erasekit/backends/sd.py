@@ -203,17 +203,24 @@ class SDBackend:
         guidance: float,
         start: int = 0,
         stop: int | None = None,
+        image_tokens: torch.Tensor | None = None,
+        image_scale: float = 1.0,
     ) -> torch.Tensor:
         """DDIM (η = 0) with classifier-free guidance, from step index ``start`` to ``stop``.
 
         ε̂ = ε(x, ∅) + w (ε(x, c) − ε(x, ∅))   (Ho & Salimans 2022). ``stop`` < ``steps`` returns a
-        partially denoised x_t, as ESD and SPM need for their training latents.
+        partially denoised x_t, as ESD and SPM need for their training latents. ``image_tokens``
+        (inside :meth:`image_prompts`) condition the ε(x, c) branch only; ε(x, ∅) stays text-only.
         """
         scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
         scheduler.set_timesteps(steps)
         for t in scheduler.timesteps[start:stop]:
             if uncond is None or guidance == 1.0:
-                pred = self.predict_noise(latents, t, cond)
+                pred = self.predict_noise(latents, t, cond, image_tokens, image_scale)
+            elif image_tokens is not None:
+                pred_uncond = self.predict_noise(latents, t, uncond)
+                pred_cond = self.predict_noise(latents, t, cond, image_tokens, image_scale)
+                pred = pred_uncond + guidance * (pred_cond - pred_uncond)
             else:
                 both = self.predict_noise(torch.cat([latents, latents]), t, torch.cat([uncond, cond]))
                 pred_uncond, pred_cond = both.chunk(2)

@@ -20,6 +20,7 @@ _REGISTRY: dict[str, str] = {
     "synonym": "erasekit.evaluation.attacks.synonym:SynonymAttack",
     "prompt_opt": "erasekit.evaluation.attacks.prompt_opt:PromptOptAttack",
     "concept_vector": "erasekit.evaluation.attacks.concept_vector:ConceptVectorAttack",
+    "image_prompt": "erasekit.evaluation.attacks.image_prompt:ImagePromptAttack",
 }
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2, 3)
 
