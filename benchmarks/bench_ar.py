@@ -3,6 +3,7 @@
     python benchmarks/bench_ar.py gate                       # judge accuracy of the base model on protocol grids
     python benchmarks/bench_ar.py protocol --concepts star,red,striped,triangle,purple,checkered
     python benchmarks/bench_ar.py ablation --concept star     # WGA windows, TLM τ, KV-cache fix, ESD-AR
+    python benchmarks/bench_ar.py ablation --concept red --variants tlm --grid heldout   # the τ sweep
 
 Every run loads ``shapes-ar`` once through the zoo (ShapesWorld data source attached), erases with
 ``run_method`` (erase wall time and peak memory come from the artifact manifest), and scores with
@@ -47,7 +48,11 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
     "ear_no_context_separate(public code)": ("ear", ["context=none", "history=separate"]),
     "ear_no_anchors": ("ear", ["anchors_per_iteration=0"]),
     "esd_ar": ("esd_ar", []),
+    # TLM sweep (relative τ: a window is skipped when its loss ≤ τ × the first window's)
+    "ear_tau0.3": ("ear", ["tau=0.3"]),
+    "ear_tau0.7": ("ear", ["tau=0.7"]),
 }
+TLM_SWEEP = ("ear_default", "ear_tlm_off", "ear_tau0.3", "ear_tau0.5", "ear_tau0.7")
 
 
 def _machine() -> dict:
@@ -105,12 +110,16 @@ def erase_and_score(
                 "anchors",
                 "optimizer_steps",
                 "tlm_skipped_windows",
+                "tlm_reference_loss",
                 "iteration_loss",
             )
         },
         "concepts": artifact.manifest["concepts"],
         "metrics": {k: result.get(k) for k in METRICS},
+        "counts": result.get("counts"),
+        "intervals": result.get("intervals"),
         "base": {k: result["base"].get(k) for k in METRICS},
+        "base_counts": result["base"].get("counts"),
         "ratios": result.get("ratios"),
         "cra_by_domain": result.get("cra_by_domain"),
         "bars_met": _bars(result),
@@ -178,8 +187,14 @@ def cmd_protocol(args, backend) -> int:
 
 
 def cmd_ablation(args, backend) -> int:
-    names = list(ABLATIONS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
-    path = args.out_dir / f"ar_ablation_{args.concept}.json"
+    if args.variants == "all":
+        names = list(ABLATIONS)
+    elif args.variants == "tlm":
+        names = list(TLM_SWEEP)
+    else:
+        names = [v.strip() for v in args.variants.split(",")]
+    suffix = "" if args.grid == "default" else f"_{args.grid}"
+    path = args.out_dir / f"ar_ablation_{args.concept}{suffix}.json"
     record = (
         json.loads(path.read_text())
         if path.is_file()
@@ -236,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concepts", default="star,red,striped")
     parser.add_argument("--concept", default="star", help="ablation concept")
     parser.add_argument(
-        "--variants", default="all", help="ablation variants (comma-separated names of ABLATIONS)"
+        "--variants",
+        default="all",
+        help="ablation variants: all, tlm (the τ sweep) or comma-separated names of ABLATIONS",
     )
     parser.add_argument(
         "-o", "--override", action="append", default=[], help="key=value for the method config"

@@ -253,3 +253,11 @@ def test_cli_bad_input_exits_2(tmp_path):
     )
     assert bad.exit_code == 2, bad.output
     assert "Traceback" not in bad.output
+
+
+def test_a_diffusion_artifact_on_an_ar_model_is_a_one_line_error(ar):
+    artifact = Artifact("uce")
+    artifact.add_weight("unet.conv_in.weight", torch.zeros(1), mode="delta")
+    artifact.manifest["backend"] = "sd"
+    with pytest.raises(ErasekitError, match="kind 'sd'"):
+        apply(artifact, ar)
