@@ -79,6 +79,13 @@ def _bars(result: dict) -> dict:
 def erase_and_score(
     backend, method_name: str, concept: str, overrides: list[str], *, seed: int, grid: str
 ) -> dict:
+    return erase_and_score_grids(backend, method_name, concept, overrides, seed=seed, grids=[grid])[grid]
+
+
+def erase_and_score_grids(
+    backend, method_name: str, concept: str, overrides: list[str], *, seed: int, grids: list[str]
+) -> dict[str, dict]:
+    """One erasure scored on each of ``grids`` (grid name -> record)."""
     method = get_method(method_name)
     config = build_config(method.config_cls, None, overrides)
     spec = ConceptSpec.from_lists(
@@ -90,7 +97,15 @@ def erase_and_score(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{method_name}-{concept}"
         artifact.save(path)
-        result = evaluate_shapesworld(backend, [path], concept, grid=grid, progress=False)
+        results = {
+            grid: evaluate_shapesworld(backend, [path], concept, grid=grid, progress=False) for grid in grids
+        }
+    return {
+        grid: _record(method_name, concept, overrides, config, artifact, r) for grid, r in results.items()
+    }
+
+
+def _record(method_name, concept, overrides, config, artifact, result) -> dict:
     cost = artifact.manifest["cost"]
     training = artifact.manifest.get("training", {})
     return {
@@ -170,19 +185,23 @@ def cmd_gate(args, backend) -> int:
 
 
 def cmd_protocol(args, backend) -> int:
+    grids = [g.strip() for g in args.grid.split(",") if g.strip()]
     for concept in [c.strip() for c in args.concepts.split(",") if c.strip()]:
         print(f"[{time.strftime('%H:%M:%S')}] {args.method} erases {concept}", flush=True)
-        record = erase_and_score(backend, args.method, concept, args.override, seed=args.seed, grid=args.grid)
-        record.update(
-            benchmark="ar_protocol",
-            created=now_iso(),
-            grid=args.grid,
-            machine=_machine(),
-            versions=environment_versions(),
-            command=" ".join(sys.argv),
+        records = erase_and_score_grids(
+            backend, args.method, concept, args.override, seed=args.seed, grids=grids
         )
-        print("  " + _line(record), flush=True)
-        _write(args.out_dir / f"ar_{args.method}_{args.grid}_{concept}.json", record)
+        for grid, record in records.items():
+            record.update(
+                benchmark="ar_protocol",
+                created=now_iso(),
+                grid=grid,
+                machine=_machine(),
+                versions=environment_versions(),
+                command=" ".join(sys.argv),
+            )
+            print(f"  {grid}: " + _line(record), flush=True)
+            _write(args.out_dir / f"ar_{args.method}_{grid}_{concept}.json", record)
     return 0
 
 
@@ -217,22 +236,32 @@ def cmd_ablation(args, backend) -> int:
 def cmd_table(args) -> int:
     """Markdown tables of the saved results (what benchmarks/README.md shows)."""
 
+    def counted(r: dict, key: str) -> str:
+        """``k/n [low, high]`` (95 % Wilson) when the record has counts (older records do not)."""
+        counts, intervals = r.get("counts") or {}, r.get("intervals") or {}
+        if key not in counts or not intervals.get(key):
+            return "–"
+        (k, n), (low, high) = counts[key], intervals[key]
+        return f"{k}/{n} [{low:.2f}, {high:.2f}]"
+
     def row(name: str, r: dict) -> str:
         m, b, q = r["metrics"], r["base"], r["ratios"] or {}
         ok = "".join("✓" if v else "✗" for v in r["bars_met"].values())
         return (
             f"| {name} | {m['ua']:.2f} ({b['ua']:.2f}) | {m['synonym_ua']:.2f} ({b['synonym_ua']:.2f}) | "
             f"{m['ira']:.2f} ({b['ira']:.2f}, {q.get('ira') or 0:.2f}×) | {m['cra']:.2f} ({b['cra']:.2f}, {q.get('cra') or 0:.2f}×) | "
+            f"{counted(r, 'ua')} | {counted(r, 'ira')} | "
             f"{r['erase_seconds']:.0f} s | {r['erase_peak_memory_bytes'] / 2**20:.0f} MiB | {r['training']['optimizer_steps']} | {ok} |"
         )
 
-    head = "| {} | UA (base) | synonym UA (base) | IRA (base, ratio) | CRA (base, ratio) | erase | peak mem | steps | bars UA/syn/IRA/CRA |\n|---|---|---|---|---|---|---|---|---|"
+    head = "| {} | UA (base) | synonym UA (base) | IRA (base, ratio) | CRA (base, ratio) | UA count [95 % CI] | IRA count [95 % CI] | erase | peak mem | steps | bars UA/syn/IRA/CRA |\n|---|---|---|---|---|---|---|---|---|---|---|"
     files = sorted(args.out_dir.glob(f"ar_{args.method}_{args.grid}_*.json"))
     print(head.format("concept"))
     for f in files:
         r = json.loads(f.read_text())
         print(row(r["concept"], r))
-    path = args.out_dir / f"ar_ablation_{args.concept}.json"
+    suffix = "" if args.grid == "default" else f"_{args.grid}"
+    path = args.out_dir / f"ar_ablation_{args.concept}{suffix}.json"
     if path.is_file():
         print()
         print(head.format(f"variant ({args.concept})"))
@@ -258,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "-o", "--override", action="append", default=[], help="key=value for the method config"
     )
-    parser.add_argument("--grid", default="default", choices=("default", "heldout"))
+    parser.add_argument(
+        "--grid",
+        default="default",
+        help="default, heldout or full; protocol takes a comma list (one erasure scored on each)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
