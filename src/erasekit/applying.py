@@ -96,7 +96,7 @@ _STATE_ATTR = "_erasekit_stack"
 
 def _stack_of(pipe: Any, components: dict[str, nn.Module]) -> _Stack:
     # Keep the state on the first component (a diffusers pipeline may be a frozen dict-like object).
-    holder = components.get("unet") or next(iter(components.values()))
+    holder = components.get("unet") or components.get("transformer") or next(iter(components.values()))
     stack = getattr(holder, _STATE_ATTR, None)
     if stack is None:
         stack = _Stack(base_fingerprint=fingerprint_components(components))
@@ -107,7 +107,7 @@ def _stack_of(pipe: Any, components: dict[str, nn.Module]) -> _Stack:
 def applied_artifacts(pipe: Any) -> list[Artifact]:
     """Artifacts currently applied to ``pipe``, in application order."""
     components = pipeline_components(pipe)
-    holder = components.get("unet") or next(iter(components.values()))
+    holder = components.get("unet") or components.get("transformer") or next(iter(components.values()))
     stack = getattr(holder, _STATE_ATTR, None)
     return list(stack.applied) if stack else []
 
@@ -137,11 +137,16 @@ def apply(artifact: Artifact, pipe: Any, *, force: bool = False) -> None:
 
 
 def model_kind(pipe: Any) -> str | None:
-    """The backend kind of ``pipe`` (``sd``, ``ar``, ``causal_lm``…): an erasekit backend says so; a
-    stock diffusers pipeline (it has a ``unet``) is ``sd``; other stock models are not classified."""
+    """The backend kind of ``pipe`` (``sd``, ``sdxl``, ``sd3``, ``flux``, ``ar``, ``causal_lm``…): an
+    erasekit backend says so; a stock diffusers pipeline by its class (SDXL, SD3, Flux pipelines) or,
+    for any other with a ``unet``, ``sd``; other stock models are not classified."""
     kind = getattr(pipe, "kind", None)
     if isinstance(kind, str) and kind:
         return kind
+    class_name = type(pipe).__name__
+    for marker, family in (("StableDiffusionXL", "sdxl"), ("StableDiffusion3", "sd3"), ("Flux", "flux")):
+        if class_name.startswith(marker):
+            return family
     return "sd" if hasattr(pipe, "unet") else None
 
 

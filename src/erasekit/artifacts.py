@@ -43,7 +43,7 @@ from erasekit.errors import ErasekitError
 from erasekit.files import atomic_write
 
 FORMAT_VERSION = 1
-_COMPONENT_NAMES = ("unet", "text_encoder", "text_encoder_2", "transformer", "model")
+_COMPONENT_NAMES = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "model")
 
 
 # ---- the artifact ------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ method-facing surface and its :class:`erasekit.sources.DataSource` (``backend.da
 * ``shapes`` — the shipped ShapesWorld model, with :class:`erasekit.world.source.ShapesWorldSource`;
 * ``shapes-ar`` — the shipped ShapesWorld-AR image-token model, with the same ShapesWorld source;
 * ``code-lm`` — the shipped CodeWorld code LM, with its corpus (retain files, unseen secrets);
+* ``tiny-sdxl``, ``tiny-sd3``, ``tiny-flux`` — random tiny SDXL / SD3.5 / FLUX pipelines built in code
+  (:mod:`erasekit.backends.tiny_families`); a folder of one of these pipelines is recognised by its
+  ``model_index.json`` (:func:`erasekit.backends.families.folder_family`);
 * a folder — a diffusers pipeline, an AR image-token folder or a causal LM, by its files; a diffusers
   folder carrying ShapesWorld's manifest (``erasekit world train`` output) gets the ShapesWorld
   source, any other the packaged COCO captions as its retain source;
@@ -32,7 +35,7 @@ class ZooEntry:
     """A named model: what it is, its backend kind, where its weights live (None: built in code), its data."""
 
     description: str
-    kind: str  # "sd", "ar" or "causal_lm": which backend loads it
+    kind: str  # "sd", "sdxl", "sd3", "flux", "ar" or "causal_lm": which backend loads it
     folder: Callable[[], Path] | None
     source: Callable[[], DataSource]
     image_adapter: Callable[[], Any] | None = None
@@ -86,6 +89,11 @@ ZOO: dict[str, ZooEntry] = {
         _shapes_source,
         _shapes_ip_adapter,
     ),
+    "tiny-sdxl": ZooEntry("random tiny SDXL pipeline built in code (tests)", "sdxl", None, DataSource),
+    "tiny-sd3": ZooEntry("random tiny SD3.5-style pipeline built in code (tests)", "sd3", None, DataSource),
+    "tiny-flux": ZooEntry(
+        "random tiny FLUX.1-style pipeline built in code (tests)", "flux", None, DataSource
+    ),
     "tiny-ar": ZooEntry(
         "random tiny autoregressive image-token model built in code (tests)", "ar", None, DataSource
     ),
@@ -126,6 +134,11 @@ def backend_kind(model: str) -> str:
 
     if is_ar_folder(model):
         return "ar"
+    from erasekit.backends.families import folder_family
+
+    family = folder_family(model)
+    if family is not None:
+        return family
     from erasekit.backends.causal_lm import is_causal_lm_folder
 
     return "causal_lm" if is_causal_lm_folder(model) else "sd"
@@ -193,6 +206,10 @@ def load_model(model: str, *, retain: str | Path | None = None, **kwargs: Any) -
             device=kwargs.get("device", "cpu"),
             allow_pickle=kwargs.get("allow_pickle", False),
         )
+    elif kind in ("sdxl", "sd3", "flux"):
+        from erasekit.backends.families import load_family_backend
+
+        backend = load_family_backend(resolve(model), kind, name=model, **kwargs)
     elif kind == "ar":
         from erasekit.backends.ar import load_ar_backend
 
@@ -210,6 +227,11 @@ def load_model(model: str, *, retain: str | Path | None = None, **kwargs: Any) -
 
 def load_pipeline(model: str, **kwargs: Any) -> Any:
     """A stock diffusers pipeline for ``model`` (zoo names resolved; no erasekit wrapper)."""
+    kind = backend_kind(model)
+    if kind in ("sdxl", "sd3", "flux"):
+        from erasekit.backends.families import load_family_pipeline
+
+        return load_family_pipeline(resolve(model), kind)
     from erasekit.backends.sd import load_pipeline as _load
 
     return _load(resolve(model), **kwargs)

@@ -11,18 +11,26 @@ e.g. ``"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"`
 edits under these names, which is what lets one artifact apply to our backend or to a stock
 diffusers pipeline alike (both expose the same components).
 
-Backends planned behind the same surface: SDXL (two text encoders: ``text_encoder`` and
-``text_encoder_2``; ``encode_prompts`` then returns the concatenated hidden states and the backend
-keeps the pooled embedding for the added conditioning), SD3/FLUX (``transformer`` denoiser; targets
-such as ``cross_attn_kv`` resolve to the joint-attention text projections), an autoregressive
-image-token model (EAR: ``predict`` gives next-token logits) and Hugging Face causal LMs
-(CodeEraser: ``model`` component, ``lm_mlp``/``lm_attn`` targets).
+Conditioning that is more than one tensor (SDXL's pooled ``text_embeds``; SD3/FLUX's pooled CLIP
+vector beside the T5 stream) travels *packed* in the one tensor ``encode_prompts`` returns: [B, L + r, D],
+the denoiser's context in the first L positions and the pooled vector, zero-padded to D, in the last r
+(:mod:`erasekit.backends.families`). Methods then cat, index, repeat and subtract conditionings as
+plain tensors; only the backend's ``predict_noise`` unpacks them. ``denoiser_context(cond)`` gives the
+part the denoiser reads as ``encoder_hidden_states`` (what an inference hook sees), and
+``text_linear_inputs(prompts, target)`` what each closed-form-editable Linear layer of ``target``
+reads for these prompts (UCE). SD 1.x/2.x has no pooled part: its conditioning is the context itself.
+
+Backends behind the same surface: SD 1.x/2.x (:mod:`~erasekit.backends.sd`), SDXL
+(:mod:`~erasekit.backends.sdxl`), SD3/SD3.5 and FLUX (:mod:`~erasekit.backends.flow`), an
+autoregressive image-token model (EAR: ``predict`` gives next-token logits) and Hugging Face causal
+LMs (CodeEraser: ``model`` component, ``lm_mlp``/``lm_attn`` targets).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -31,13 +39,33 @@ from torch import nn
 from erasekit.errors import ErasekitError
 
 
+@dataclass
+class LinearInputs:
+    """What some Linear layers read for a batch of prompts: one *stream* of a closed-form edit (UCE).
+
+    ``inputs`` [B, L, d] are the rows the layers multiply for each prompt and position. ``token_ids``
+    [B, L] are the CLIP-style ids at those positions (start token first, then the words, the end
+    token, padding) when the stream is one tokenizer's positions, else None (a pooled vector: L = 1;
+    or a stream mixing encoders, such as SD3's CLIP|T5 context). ``weights`` maps each qualified
+    weight name to the column range ``(start, stop)`` that reads these inputs (None: all columns).
+    A bias is never part of the edit: the layer computes W x + b, and UCE's targets are W_old a.
+    """
+
+    inputs: torch.Tensor
+    token_ids: torch.Tensor | None
+    weights: dict[str, tuple[int, int] | None] = field(default_factory=dict)
+    name: str = "context"
+
+
 @runtime_checkable
 class DiffusionBackend(Protocol):
     """What a method may use of a text-to-image diffusion model."""
 
     kind: str
     components: dict[str, nn.Module]
-    prediction_type: str  # "epsilon" or "v_prediction"
+    prediction_type: str  # "epsilon", "v_prediction" or "flow" (velocity ε − x_0 of rectified flow)
+    denoiser_name: str  # the denoiser component: "unet" or "transformer"
+    closed_form_target: str  # the text-reading Linear layers a closed-form edit (UCE) changes
     num_train_timesteps: int
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor: ...
@@ -50,6 +78,8 @@ class DiffusionBackend(Protocol):
     def parameters_for(self, target: str | Iterable[str]) -> dict[str, nn.Parameter]: ...
     def modules_for(self, target: str | Iterable[str]) -> dict[str, nn.Module]: ...
     def fingerprint(self) -> str: ...
+    def denoiser_context(self, cond: torch.Tensor) -> torch.Tensor: ...
+    def text_linear_inputs(self, prompts: list[str], target: str) -> list[LinearInputs]: ...
 
 
 def split_targets(target: str | Iterable[str]) -> list[str]:

@@ -25,6 +25,7 @@ from torch import nn
 from transformers.utils import logging as transformers_logging
 
 from erasekit.backends.base import (
+    LinearInputs,
     fingerprint_components,
     modules_for_target,
     named_modules_of,
@@ -47,6 +48,8 @@ class SDBackend:
     """
 
     kind = "sd"
+    denoiser_name = "unet"
+    closed_form_target = "cross_attn_kv"  # UCE's edit: the cross-attention K/V projections
 
     def __init__(self, pipe: StableDiffusionPipeline, name: str = "model"):
         self.pipe = pipe
@@ -87,6 +90,15 @@ class SDBackend:
         Gradients flow when called outside ``torch.no_grad`` (text-encoder methods need that).
         """
         return self.text_encoder(self.token_ids(prompts))[0]
+
+    def denoiser_context(self, cond: torch.Tensor) -> torch.Tensor:
+        """What the UNet reads as ``encoder_hidden_states`` for ``cond``: SD's conditioning is the context."""
+        return cond
+
+    def text_linear_inputs(self, prompts: Sequence[str], target: str) -> list[LinearInputs]:
+        """The context rows every K/V projection of ``target`` reads for ``prompts`` (one stream)."""
+        weights = {name: None for name in self.parameters_for(target) if name.endswith(".weight")}
+        return [LinearInputs(self.encode_prompts(prompts), self.token_ids(prompts), weights)]
 
     def text_layer_module(self, layer: int) -> str:
         """Qualified name of text-encoder layer ``layer`` (its output is the residual stream)."""

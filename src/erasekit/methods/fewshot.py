@@ -233,7 +233,8 @@ class FewShot:
         generator: torch.Generator | None = None,
     ) -> Artifact:
         params = backend.parameters_for(config.target)
-        outside = [n for n in params if not n.startswith("text_encoder.")]
+        # every text encoder: text_encoder, and SDXL/SD3/FLUX's text_encoder_2/_3
+        outside = [n for n in params if not n.split(".", 1)[0].startswith("text_encoder")]
         if outside:
             raise ErasekitError(
                 f"fewshot trains the text encoder only, but target {config.target!r} selects {outside[0]}; pick text_* targets."

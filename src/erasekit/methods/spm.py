@@ -426,7 +426,8 @@ class SPM:
             preserved = (
                 backend.encode_prompts(preserve_texts) if preserve_texts and config.preserve_anchors else None
             )
-            gate_embeddings = backend.encode_prompts(concepts.erase_texts)
+            # what the denoiser reads as encoder_hidden_states (SDXL/SD3/FLUX: without the pooled part)
+            gate_embeddings = backend.denoiser_context(backend.encode_prompts(concepts.erase_texts))
             gate_ids = backend.token_ids(concepts.erase_texts)
 
         membranes = Membranes(modules, config.rank, scale, generator)
@@ -493,7 +494,7 @@ class SPM:
         )
         artifact.add_hook(
             "spm_gate",
-            "unet",
+            backend.denoiser_name,
             {"target_embeddings": gate_embeddings, "target_token_ids": gate_ids.to(torch.int64)},
             {"mode": config.gate, "special_token_ids": special, "concepts": concepts.erase_texts},
             gate=True,

@@ -216,16 +216,45 @@ def _pairs(concepts: ConceptSpec, use_templates: bool) -> tuple[list[tuple[str, 
 def collect_embeddings(
     backend: Any, concepts: ConceptSpec, config: UCEConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """C_E, A and C_P (rows: token embeddings) from the backend's text encoder."""
+    """C_E, A and C_P (rows: token embeddings) of the first stream the edited layers read (SD: the
+    cross-attention context; see :func:`collect_streams`)."""
+    return collect_streams(backend, concepts, config)[0][1]
+
+
+@torch.no_grad()
+def collect_streams(backend: Any, concepts: ConceptSpec, config: UCEConfig) -> list[tuple[Any, tuple]]:
+    """Per stream of inputs the edited layers read (``backend.text_linear_inputs``): the stream and its
+    (C_E, A, C_P). SD has one (the context); SDXL, SD3 and FLUX also a pooled text vector."""
     erase_pairs, preserve_prompts = _pairs(concepts, config.use_templates)
     if config.preserve_unconditional and "" not in preserve_prompts:
         preserve_prompts.append("")
-    end_token = int(backend.token_ids([""])[0, 1])  # "" tokenises to [start, end, padding ...]
     sources = [s for s, _ in erase_pairs]
     anchors = [a for _, a in erase_pairs]
-    ids = backend.token_ids(sources + anchors + preserve_prompts).cpu()
-    embeddings = backend.encode_prompts(sources + anchors + preserve_prompts).float().cpu()
-    n = len(sources)
+    prompts = sources + anchors + preserve_prompts
+    streams = backend.text_linear_inputs(prompts, backend.closed_form_target)
+    out = []
+    for stream in streams:
+        if stream.token_ids is None:  # a pooled vector (one position) or a mixed-encoder stream
+            if stream.inputs.shape[1] > 1 and config.tokens != "all":
+                raise ErasekitError(
+                    f"tokens={config.tokens} needs CLIP token positions, but this model's {stream.name} stream has none; use -o tokens=all."
+                )
+            rows = stream.inputs.float().cpu()
+            n = len(sources)
+            out.append(
+                (stream, (rows[:n].flatten(0, 1), rows[n : 2 * n].flatten(0, 1), rows[2 * n :].flatten(0, 1)))
+            )
+        else:
+            ids, embeddings = stream.token_ids.cpu(), stream.inputs.float().cpu()
+            out.append(
+                (stream, _token_rows(backend, ids, embeddings, len(sources), preserve_prompts, config))
+            )
+    return out
+
+
+def _token_rows(backend, ids, embeddings, n, preserve_prompts, config):
+    """(C_E, A, C_P) of one CLIP-token stream: ``n`` erase prompts, their anchors, then the preserved."""
+    end_token = int(backend.token_ids([""])[0, 1])  # "" tokenises to [start, end, padding ...]
     erase_rows, anchor_rows, preserve_rows = [], [], []
     for i in range(n):
         if config.tokens == "from_last":
@@ -273,19 +302,37 @@ class UCE:
         *,
         generator: torch.Generator | None = None,  # closed form: nothing is drawn (kept for the protocol)
     ) -> Artifact:
-        erase, anchor, preserve = collect_embeddings(backend, concepts, config)
-        u, v = uce_edit_factors(erase, anchor, preserve, config)  # W* = W_old (I + U V)
         artifact = Artifact(self.name)
-        for name, weight in backend.parameters_for(TARGET).items():
-            if weight.shape[1] != u.shape[0]:
-                raise ErasekitError(
-                    f"{name} reads {weight.shape[1]}-dim context but the text encoder gives {u.shape[0]}; UCE needs matching sizes."
-                )
-            w_old = weight.detach().to("cpu", torch.float64)
-            artifact.add_weight(name, ((w_old @ u) @ v).to(weight.dtype), mode="delta")  # ΔW = W* − W_old
+        params = backend.named_parameters()
+        streams = collect_streams(backend, concepts, config)
+        for stream, (erase, anchor, preserve) in streams:
+            u, v = uce_edit_factors(erase, anchor, preserve, config)  # W* = W_old (I + U V)
+            for name, columns in stream.weights.items():
+                weight = params[name]
+                start, stop = columns or (0, weight.shape[1])  # the columns that read this stream
+                if stop - start != u.shape[0]:
+                    raise ErasekitError(
+                        f"{name} reads {stop - start}-dim context but the text encoder gives {u.shape[0]}; UCE needs matching sizes."
+                    )
+                # Only W changes: targets are W_old a (a biased layer keeps its bias b, counted once).
+                w_old = weight.detach()[:, start:stop].to("cpu", torch.float64)
+                delta = (w_old @ u) @ v  # ΔW = W* − W_old
+                if columns is not None:
+                    delta = torch.nn.functional.pad(delta, (start, weight.shape[1] - stop))
+                artifact.add_weight(name, delta.to(weight.dtype), mode="delta")
+        _first, (erase, _anchor, preserve) = streams[0]
         artifact.manifest["edit"] = {
-            "target": TARGET,
+            "target": backend.closed_form_target,
             "erase_vectors": int(erase.shape[0]),
             "preserve_vectors": int(preserve.shape[0]),
         }
+        if len(streams) > 1:
+            artifact.manifest["edit"]["streams"] = {
+                s.name: {
+                    "erase_vectors": int(e.shape[0]),
+                    "preserve_vectors": int(p.shape[0]),
+                    "weights": len(s.weights),
+                }
+                for s, (e, _a, p) in streams
+            }
         return artifact
