@@ -100,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anchor", action="append", default=[], help="concept=anchor (repeatable)")
     parser.add_argument(
         "--anchor-rule",
-        choices=("given", "next", "none"),
-        default="given",
-        help="anchors for methods that take one (uce, abo): given (--anchor and the defaults above), "
-        "next (every concept onto the next concept of its domain, cyclically), none",
+        choices=("source", "given", "next", "none"),
+        default="source",
+        help="anchors for methods that take one (uce, abo): source (none given: the model's data source "
+        "picks, as `erasekit erase --concept X` does; ShapesWorld's is the next concept of the domain), "
+        "given (--anchor and the defaults above), next (every concept onto the next concept of its "
+        "domain, cyclically, passed explicitly), none (no anchor: the method's own no-anchor rule)",
     )
     parser.add_argument(
         "--templates",
@@ -180,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 spec = concept_spec(method_name, concept, args.templates, anchors, args.preserve)
             print(f"[{time.strftime('%H:%M:%S')}] {method_name} erases {concept} ...", flush=True)
-            artifact = run_method(method, backend, spec, config, seed=args.seed)
+            artifact = run_method(
+                method, backend, spec, config, seed=args.seed, default_anchors=args.anchor_rule != "none"
+            )
             cost = artifact.manifest["cost"]
             print(
                 f"  erased in {cost['seconds']:.2f} s, peak {cost['peak_memory_bytes'] / 2**20:.0f} MiB",

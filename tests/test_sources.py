@@ -76,6 +76,25 @@ def test_shapesworld_completion_fills_what_the_user_left_out_and_keeps_what_they
     assert complete_spec(ConceptSpec.from_lists(["Van Gogh"]), source).preserve == ()
 
 
+def test_anchor_taking_methods_get_the_source_default_anchor_unless_given_or_erased():
+    source = ShapesWorldSource()
+    assert [source.default_anchor(c) for c in ("star", "red", "grid", "Van Gogh")] == [
+        "heart",
+        "green",
+        "plain",
+        None,
+    ]
+    spec = complete_spec(ConceptSpec.from_lists(["star", "plain"]), source, anchors=True)
+    assert [(t.text, t.anchor) for t in spec.targets] == [("star", "heart"), ("plain", "striped")]
+    assert spec.completed[0] == "anchor" and {"heart", "striped"} <= set(spec.preserve)  # kept as they are
+    # a given anchor stays; an anchor that is itself being erased is not used; off by default
+    given = complete_spec(ConceptSpec.from_lists(["star"], ["circle"]), source, anchors=True)
+    assert given.targets[0].anchor == "circle" and "anchor" not in given.completed
+    both = complete_spec(ConceptSpec.from_lists(["star", "heart"]), source, anchors=True)
+    assert [t.anchor for t in both.targets] == [None, "cross"]
+    assert complete_spec(ConceptSpec.from_lists(["star"]), source).targets[0].anchor is None
+
+
 def test_an_empty_source_changes_nothing_and_caption_sources_filter_the_concept():
     spec = ConceptSpec.from_lists(["dog"])
     assert complete_spec(spec, DataSource()) is spec
@@ -145,8 +164,9 @@ def test_run_method_records_the_completed_spec_and_the_source(tiny_backend):
         tiny_backend.data_source = previous
     manifest = artifact.manifest
     assert manifest["data_source"]["name"] == "shapesworld"
-    assert manifest["concepts"]["completed"] == ["preserve", "templates", "retain"]
-    assert len(manifest["concepts"]["preserve"]) == 21
+    assert manifest["concepts"]["completed"] == ["anchor", "preserve", "templates", "retain"]
+    assert manifest["concepts"]["targets"] == [{"text": "star", "anchor": "heart"}]
+    assert len(manifest["concepts"]["preserve"]) == 21 and "heart" in manifest["concepts"]["preserve"]
     assert raw.manifest["concepts"]["preserve"] == [] and raw.manifest["concepts"]["completed"] == []
     # the preserve set changes UCE's solve: the two edits differ
     assert any(not (artifact.tensors[k] == raw.tensors[k]).all() for k in artifact.tensors)

@@ -64,6 +64,12 @@ class DataSource:
         """Other concepts of ``concept``'s own kind (other shapes for a shape), or []."""
         return []
 
+    def default_anchor(self, concept: str) -> str | None:
+        """What ``concept`` turns into when a method that maps it onto an anchor (UCE's guide,
+        ABO's alternative) is given none: a concept of the same kind the model draws, or None
+        (then the method's own no-anchor rule holds: the empty prompt for UCE, removal for ABO)."""
+        return None
+
     def templates(self, concept: str) -> list[str] | None:
         """Prompt templates ('{}' for the concept) in the model's own caption style, or None."""
         return None
@@ -130,6 +136,9 @@ class WithRetain(DataSource):
 
     def same_kind_concepts(self, concept: str) -> list[str]:
         return self.base.same_kind_concepts(concept)
+
+    def default_anchor(self, concept: str) -> str | None:
+        return self.base.default_anchor(concept)
 
     def templates(self, concept: str) -> list[str] | None:
         return self.base.templates(concept)
@@ -213,13 +222,16 @@ def complete_spec(
     source: DataSource,
     *,
     preserve: bool = True,
+    anchors: bool = False,
     retain_prompts: int = DEFAULT_RETAIN_PROMPTS,
     seed: int = 0,
 ) -> ConceptSpec:
     """Fill what the user left out of ``concepts`` from ``source``; what the user gave is kept as is.
 
+    * a target without an anchor (and ``anchors``, for methods that map a concept onto one): the
+      source's :meth:`DataSource.default_anchor`, unless that is itself being erased;
     * no preserve concepts (and ``preserve``): the source's related concepts of every target, minus
-      the targets and their anchors;
+      the targets (anchors included: their own images must stay);
     * the default templates: the source's templates in the model's caption style (when every target
       gets the same ones; otherwise the defaults stay);
     * no retain prompts: up to ``retain_prompts`` of the source's, naming no target concept.
@@ -228,10 +240,20 @@ def complete_spec(
     """
     filled: list[str] = []
     erased = concepts.erase_texts
-    anchors = [t.anchor for t in concepts.targets if t.anchor]
     changes: dict[str, Any] = {}
+    if anchors and any(t.anchor is None for t in concepts.targets):
+        taken = {c.lower() for c in erased}
+        targets = []
+        for t in concepts.targets:
+            anchor = source.default_anchor(t.text) if t.anchor is None else t.anchor
+            targets.append(replace(t, anchor=anchor if anchor and anchor.lower() not in taken else t.anchor))
+        if any(new.anchor != old.anchor for new, old in zip(targets, concepts.targets)):
+            changes["targets"] = tuple(targets)
+            filled.append("anchor")
     if preserve and not concepts.preserve:
-        taken = {c.lower() for c in erased + anchors}
+        # The anchors stay in the preserve set: an anchor's own images must stay what they are
+        # (without it UCE's orange -> white edit also turned white prompts orange: IRA 0.86).
+        taken = {c.lower() for c in erased}
         pool: list[str] = []
         for target in erased:
             pool += [c for c in source.related_concepts(target) if c.lower() not in taken and c not in pool]

@@ -35,7 +35,7 @@ def demo(
         str | None,
         typer.Option(
             "--anchor",
-            help="Map the concept onto this concept of its domain (default: erase).",
+            help="Map the concept onto this concept of its domain (default: the next concept of its domain).",
             show_default=False,
         ),
     ] = None,
@@ -124,7 +124,8 @@ def run_demo(
         out_dir: Writes ``uce-<concept>.safetensors/.json`` (the artifact), ``run/`` (the protocol's
             run folder), ``before_after.png`` and ``demo.json``.
         model: ``"shapes"`` (the shipped model), another model name, or a backend.
-        anchor: Map the concept onto this one of its domain (default: erase towards the empty prompt).
+        anchor: Map the concept onto this one of its domain (default: the model's data source's
+            default anchor; ShapesWorld: the next concept of the domain).
         steps, guidance, seeds_per_prompt, judge, cache_dir, progress: As for
             :func:`erasekit.evaluation.shapesworld.evaluate_shapesworld`.
 
@@ -160,7 +161,7 @@ def run_demo(
     result = {
         "concept": concept,
         "method": "uce",
-        "anchor": anchor,
+        "anchor": artifact.manifest["concepts"]["targets"][0]["anchor"],
         "artifact": str(artifact_path) + ".safetensors",
         "grid": str(grid),
         "erase_seconds": artifact.manifest["cost"]["seconds"],

@@ -47,6 +47,13 @@ def erase(
             show_default=False,
         ),
     ] = None,
+    default_anchor: Annotated[
+        bool,
+        typer.Option(
+            "--default-anchor/--no-default-anchor",
+            help="Methods that map a concept onto an anchor (uce, abo): with no --anchor, use the model's data source's (ShapesWorld: the next concept of its kind); --no-default-anchor keeps the method's own rule (empty prompt / removal).",
+        ),
+    ] = True,
     preserve: Annotated[
         list[str] | None,
         typer.Option("--preserve", help="Concept to keep intact (repeatable).", show_default=False),
@@ -136,7 +143,9 @@ def erase(
     from erasekit.zoo import load_model
 
     backend = load_model(model, retain=retain, allow_pickle=allow_pickle, device=device)
-    artifact = run_method(method_obj, backend, concepts, method_config, seed=seed)
+    artifact = run_method(
+        method_obj, backend, concepts, method_config, seed=seed, default_anchors=default_anchor
+    )
     try:
         tensor_path = artifact.save(out)
     except OSError as error:

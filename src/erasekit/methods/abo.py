@@ -154,6 +154,7 @@ class AllButOne:
         "Diffusion Models, AAAI 2024, arXiv:2312.12807"
     )
     config_cls: ClassVar[type] = AllButOneConfig
+    takes_anchor: ClassVar[bool] = True  # a concept without an anchor gets the data source's default
     smoke_overrides: ClassVar[tuple[str, ...]] = (
         "steps=3",
         "sample_steps=2",

@@ -126,12 +126,15 @@ def run_method(
     *,
     seed: int = 0,
     complete: bool = True,
+    default_anchors: bool = True,
 ) -> Artifact:
     """Run ``method`` and return its artifact with a complete manifest.
 
     With ``complete`` (the default) what the user left out of ``concepts`` comes from the backend's
     data source (:func:`erasekit.sources.complete_spec`); the manifest records the completed spec and
-    the source. The method gets a ``torch.Generator`` seeded with ``seed``.
+    the source. Methods that map a concept onto an anchor (``takes_anchor``: UCE, ABO) get the
+    source's default anchor for a concept given without one, unless ``default_anchors`` is False
+    (then their own no-anchor rule holds). The method gets a ``torch.Generator`` seeded with ``seed``.
 
     ``cost.seconds`` is the wall time of ``method.erase`` alone; ``cost.wall_seconds`` that of this
     whole call: the two model fingerprints (the check that the method left the model unchanged), the
@@ -147,7 +150,11 @@ def run_method(
     # model's data source; methods without a preserve term (takes_preserve False) get none filled in.
     if complete:
         concepts = complete_spec(
-            concepts, source, preserve=getattr(method, "takes_preserve", True), seed=seed
+            concepts,
+            source,
+            preserve=getattr(method, "takes_preserve", True),
+            anchors=default_anchors and getattr(method, "takes_anchor", False),
+            seed=seed,
         )
     fingerprint = backend.fingerprint()
     seed_everything(seed)

@@ -293,6 +293,7 @@ class UCE:
     # ConceptSpec.from_lists arguments for the conformance suite: UCE uses anchors and a preserve set.
     smoke_concepts: ClassVar[dict] = {"concepts": ["star"], "anchors": ["square"], "preserve": ["circle"]}
     accepts_unconditional_preserve: ClassVar[bool] = True  # --preserve "" = the unconditional prompt
+    takes_anchor: ClassVar[bool] = True  # a concept without an anchor gets the data source's default
 
     def erase(
         self,

@@ -91,6 +91,16 @@ class ShapesWorldSource(DataSource):
             return []
         return [c for c in DOMAINS[domain_of(concept)] if c != concept]
 
+    def default_anchor(self, concept: str) -> str | None:
+        """The next concept of ``concept``'s domain in the world's list (cyclic: star -> heart,
+        red -> green, grid -> plain): a definite replacement of the same kind. The empty prompt is
+        no neutral target here: the shipped model's unconditional images are themselves shapes,
+        colours and styles (mapping "plain" onto it left UCE at UA 0.50)."""
+        if not _known(concept):
+            return None
+        values = DOMAINS[domain_of(concept)]
+        return values[(values.index(concept) + 1) % len(values)]
+
     def related_concepts(self, concept: str) -> list[str]:
         """Every other world concept, those of ``concept``'s domain first ([] for unknown words)."""
         if not _known(concept):
