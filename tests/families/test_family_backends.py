@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -128,3 +129,29 @@ def test_cli_erases_uce_on_tiny_sdxl(tmp_path):
     artifact = Artifact.load(summary["artifact"])
     assert artifact.manifest["backend"] == "sdxl" and artifact.manifest["base_model"] == "tiny-sdxl"
     assert "unet.add_embedding.linear_1.weight" in artifact.weight_edits
+
+
+def test_docs_target_tables_match_the_code():
+    from pathlib import Path
+
+    from erasekit.backends.family_targets import describe_family_targets
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "families.md").read_text()
+    section = doc.split("## Targets", 1)[1].split("\n## ", 1)[0]
+    sdxl_part, flow_part = section.split("SD3 / SD3.5 and FLUX", 1)
+    for part, family in ((sdxl_part, "sdxl"), (flow_part, "sd3")):
+        rows = dict(re.findall(r"^\| `(\w+)` \| (.+?) \|$", part, flags=re.M))
+        assert rows == describe_family_targets(family), family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_methods_without_a_meaning_here_refuse_in_one_line(backends, family):
+    from erasekit.concepts import ConceptSpec
+    from erasekit.config import build_config
+    from erasekit.methods import get_method, run_method
+
+    for name in ("coerasing", "ear", "ga"):
+        method = get_method(name)
+        config = build_config(method.config_cls, None, list(method.smoke_overrides))
+        with pytest.raises(ErasekitError):
+            run_method(method, backends[family], ConceptSpec.from_lists(["star"]), config, seed=0)
