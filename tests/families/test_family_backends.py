@@ -155,3 +155,19 @@ def test_methods_without_a_meaning_here_refuse_in_one_line(backends, family):
         config = build_config(method.config_cls, None, list(method.smoke_overrides))
         with pytest.raises(ErasekitError):
             run_method(method, backends[family], ConceptSpec.from_lists(["star"]), config, seed=0)
+
+
+def test_bench_families_tiny_runs_and_writes_json(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_families.py"
+    spec = importlib.util.spec_from_file_location("bench_families", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "families_tiny.json"
+    module.main(["--task", "tiny", "--out", str(out)])
+    result = json.loads(out.read_text())
+    runs = {(r["model"], r["method"]) for r in result["runs"]}
+    assert runs == {(f"tiny-{f}", m) for f in FAMILIES for m in ("uce", "esd")}
+    assert all(r["seconds"] > 0 for r in result["runs"]) and "diffusers" in result["versions"]
