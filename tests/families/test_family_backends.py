@@ -171,3 +171,64 @@ def test_bench_families_tiny_runs_and_writes_json(tmp_path):
     runs = {(r["model"], r["method"]) for r in result["runs"]}
     assert runs == {(f"tiny-{f}", m) for f in FAMILIES for m in ("uce", "esd")}
     assert all(r["seconds"] > 0 for r in result["runs"]) and "diffusers" in result["versions"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_encoding_matches_the_stock_pipelines_encode_prompt(backends, family):
+    backend, pipe = backends[family], backends[family].pipe
+    prompts = ["a photo of a red star", "a cat"]
+    context, pooled = unpack(backend.encode_prompts(prompts), backend.pooled_dim)
+    with torch.no_grad():
+        if family == "sdxl":
+            embeds, _neg, pooled_embeds, _neg_pooled = pipe.encode_prompt(
+                prompts, do_classifier_free_guidance=False
+            )
+        elif family == "sd3":
+            embeds, _neg, pooled_embeds, _neg_pooled = pipe.encode_prompt(
+                prompts, None, None, do_classifier_free_guidance=False
+            )
+        else:
+            embeds, pooled_embeds, _text_ids = pipe.encode_prompt(prompts, None)
+    assert torch.equal(context, embeds) and torch.equal(pooled, pooled_embeds)
+
+
+@pytest.mark.parametrize("family", ("sd3", "flux"))
+def test_flow_sampling_matches_the_stock_pipeline(backends, family):
+    """Same start latents and steps: the backend's loop lands where the stock pipeline's does."""
+    from diffusers import FluxPipeline
+
+    backend = backends[family]
+    latents = backend.initial_latents([5])
+    cond, uncond = backend.encode_prompts(["a red star"]), backend.encode_prompts([""])
+    with torch.no_grad():
+        ours = backend.denoise(latents, cond, uncond, steps=3, guidance=4.0)
+        size = backend.default_size
+        start = latents
+        if family == "flux":
+            start = FluxPipeline._pack_latents(latents, 1, latents.shape[1], *latents.shape[-2:])
+        theirs = backend.pipe(
+            "a red star", height=size, width=size, num_inference_steps=3, guidance_scale=4.0,
+            latents=start, output_type="latent",
+        ).images  # fmt: skip
+        if family == "flux":
+            scale = backend.vae_scale_factor
+            theirs = FluxPipeline._unpack_latents(theirs, size, size, scale)
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), float((ours - theirs).abs().max())
+
+
+def test_sdxl_sampling_matches_the_stock_pipeline_with_the_same_scheduler(backends):
+    from diffusers import DDIMScheduler
+
+    backend = backends["sdxl"]
+    pipe = TINY_BUILDERS["sdxl"]()
+    pipe.scheduler = DDIMScheduler.from_config(backend.pipe.scheduler.config)  # our loop is DDIM
+    latents = backend.initial_latents([5])
+    cond, uncond = backend.encode_prompts(["a red star"]), backend.encode_prompts([""])
+    size = backend.default_size
+    with torch.no_grad():
+        ours = backend.denoise(latents, cond, uncond, steps=3, guidance=4.0)
+        theirs = pipe(
+            "a red star", negative_prompt="", height=size, width=size, num_inference_steps=3,
+            guidance_scale=4.0, latents=latents, output_type="latent",
+        ).images  # fmt: skip
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), float((ours - theirs).abs().max())
