@@ -153,7 +153,15 @@ def bench_uce_sdxl(seed: int) -> dict:
     spec = ConceptSpec.from_lists(["van gogh"], ["a painter"], ["claude monet", "a cat", "a dog"])
     config = build_config(UCEConfig, None, [])
     from erasekit.methods.base import PeakMemory
+    from erasekit.methods.uce import _pairs
 
+    # the encoding part alone: every prompt UCE encodes, through both encoders
+    erase_pairs, preserve_prompts = _pairs(spec, config.use_templates)
+    prompts = [s for s, _ in erase_pairs] + [a for _, a in erase_pairs] + preserve_prompts
+    start = time.perf_counter()
+    with torch.no_grad():
+        backend.text_linear_inputs(prompts, backend.closed_form_target)
+    encode_seconds = time.perf_counter() - start
     rss_before = _rss()
     with PeakMemory() as memory:
         start = time.perf_counter()
@@ -177,6 +185,8 @@ def bench_uce_sdxl(seed: int) -> dict:
         "uce_config": "defaults (tokens=all, lamb=0.5)",
         "manifest_edit": artifact.manifest["edit"],
         "erase_seconds": seconds,
+        "encode_seconds_alone": encode_seconds,
+        "prompts_encoded": len(prompts),
         "erase_peak_bytes_above_start": memory.peak_bytes,
         "rss_bytes_before_erase": rss_before,
         "rss_bytes_after": _rss(),
