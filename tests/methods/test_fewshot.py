@@ -146,3 +146,23 @@ def test_shapesworld_renders_are_captioned_truthfully_and_the_mismatch_swaps_the
     )
     assert swap_word("an orange cross", "orange", "red") == "a red cross"
     assert swap_word("a starry star", "star", "ring") == "a starry ring"  # whole words only
+
+
+def test_past_the_cap_a_stalled_ascent_relaxes_the_trust_region_and_nothing_else_changes(tiny_backend):
+    """relax_steps: only a concept still below the loss bound at the step cap trains on, with λ
+    halved at every stalled check; one that reaches the bound within the cap trains exactly as
+    without it (bit-equal deltas)."""
+    lam = ["preserve_weight=10", "epochs=2", "check_every=1", "stall_fraction=1"]
+    stalled = erase(tiny_backend, lam + ["stop_factor=100", "relax_steps=4"])
+    training = stalled.manifest["training"]
+    assert training["steps_max"] == 2 and training["relax_steps_run"] == 4
+    weights = [h["preserve_weight"] for h in training["history"]]
+    assert weights[:2] == [10.0, 10.0] and weights[-1] == pytest.approx(10.0 / 2**4)
+    capped = erase(tiny_backend, lam + ["stop_factor=100", "relax_steps=0"]).manifest["training"]
+    assert capped["relax_steps_run"] == 0 and capped["stopped_by"] == "steps"
+    within = ["lr=1e-2", "epochs=20", "stop_rule=initial", "stop_factor=1.0001"]
+    quick = [erase(tiny_backend, lam + within + [f"relax_steps={n}"]) for n in (0, 4)]
+    report = quick[0].manifest["training"]
+    assert report["stopped_by"] == "loss_bound" and 1 <= report["steps_run"] < report["steps_max"]
+    assert quick[0].tensors and quick[1].manifest["training"]["relax_steps_run"] == 0
+    assert all(torch.equal(quick[0].tensors[k], quick[1].tensors[k]) for k in quick[0].tensors)
