@@ -4,8 +4,9 @@ Every pipeline is a *stock* diffusers pipeline (``StableDiffusionXLPipeline``,
 ``StableDiffusion3Pipeline``, ``FluxPipeline``) with random, seeded weights: it saves and reloads with
 ``from_pretrained(local_files_only=True)`` like a downloaded one. The CLIP tokenizers are the real
 CLIP BPE (:mod:`erasekit.backends.tokenizer`). No PyPI package ships a T5 SentencePiece model, so the
-T5 tokenizer is a Unigram model trained in-process on the packaged COCO captions, laid out like T5's
-(pad 0, ``</s>`` 1, unk 2, ``"$A </s>"`` post-processing); real SD3/FLUX folders bring their own.
+T5 tokenizer is a Unigram model built in-process from the packaged COCO captions' word frequencies,
+laid out like T5's (pad 0, ``</s>`` 1, unk 2, ``"$A </s>"`` post-processing); real SD3/FLUX folders
+bring their own.
 
 Tiny sizes follow the configurations measured in the wave-2 prototype notes (§4.1), with two fixes:
 SD3's T5 width is at least the two CLIP widths together (the pipeline pads CLIP features up to the T5
@@ -15,7 +16,10 @@ its first block, so the "``attn2`` is image self-attention there" trap is exerci
 
 from __future__ import annotations
 
+import collections
 import functools
+import math
+import re
 from importlib import resources
 
 import torch
@@ -45,26 +49,44 @@ from transformers import (
 
 from erasekit.backends.tokenizer import CLIP_VOCAB_SIZE, load_clip_tokenizer
 
-T5_VOCAB_SIZE = 2000  # the in-process Unigram vocabulary (real T5: 32,128)
+T5_VOCAB_SIZE = 4096  # the in-process Unigram vocabulary (real T5: 32,128)
 _CLIP_IDS = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 
 
 @functools.lru_cache(maxsize=2)
 def _t5_tokenizer_cached(model_max_length: int) -> T5TokenizerFast:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     corpus = resources.files("erasekit").joinpath("data/coco_captions.txt").read_text(encoding="utf-8")
     lines = [line.strip().lower() for line in corpus.splitlines() if line.strip()]
     # the words prompts in tests and ShapesWorld use, so they are whole tokens
-    lines += ["a photo of a red star", "a painting in the style of van gogh", "a blue square, a green circle"]
-    tokenizer = Tokenizer(models.Unigram())
+    lines += [
+        "a photo of a red star, a painting in the style of van gogh",
+        "square circle triangle heart star hexagon cross",
+        "red blue green yellow purple cyan white orange black pink",
+        "striped dotted checkered plain background",
+    ]
+    # A Unigram model written down rather than trained: the tokenizers trainer is not deterministic
+    # across processes (two runs swap some pieces' scores), and every process must give the same ids.
+    # Pieces: the most frequent words as "▁word" (log-frequency scores) and every character seen, as
+    # "c" and "▁c" (scored far lower, so whole words win and unknown words split into characters).
+    words = collections.Counter(w for line in lines for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", line))
+    chars = collections.Counter(c for line in lines for c in line if not c.isspace())
+    total = sum(words.values())
+    ranked = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[: T5_VOCAB_SIZE - 3 - 2 * len(chars)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + w, math.log(n / total)) for w, n in ranked]
+    char_score = math.log(1 / total) - 10.0
+    vocab += [(piece, char_score) for c in sorted(chars) for piece in (c, "\u2581" + c)]
+    seen, unique = set(), []
+    for piece, score in vocab:  # a one-character word is also a character piece
+        if piece not in seen:
+            seen.add(piece)
+            unique.append((piece, score))
+    tokenizer = Tokenizer(models.Unigram(unique, unk_id=2, byte_fallback=False))
     tokenizer.normalizer = normalizers.NFKC()
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=T5_VOCAB_SIZE, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
-    tokenizer.train_from_iterator(lines, trainer)
     eos = tokenizer.token_to_id("</s>")
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
     return T5TokenizerFast(
