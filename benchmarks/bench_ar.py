@@ -51,6 +51,10 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
     # TLM sweep (relative τ: a window is skipped when its loss ≤ τ × the first window's)
     "ear_tau0.3": ("ear", ["tau=0.3"]),
     "ear_tau0.7": ("ear", ["tau=0.7"]),
+    # preservation knobs tried for the held-out IRA of star (see benchmarks/README.md)
+    "ear_anchor_weight8": ("ear", ["anchor_weight=8"]),
+    "ear_anchors16": ("ear", ["anchors_per_iteration=16"]),
+    "ear_eta0.5": ("ear", ["negative_guidance=0.5"]),
 }
 TLM_SWEEP = ("ear_default", "ear_tlm_off", "ear_tau0.3", "ear_tau0.5", "ear_tau0.7")
 
