@@ -98,13 +98,13 @@ class IPAdapterConfig:
     """Transformer layers of the image encoder."""
     embed_dim: int = 128
     """Width of the encoder's image_embeds (its visual projection)."""
-    encoder_steps: int = 1200
+    encoder_steps: int = 2000
     """Classifier steps that train the image encoder."""
     encoder_lr: float = 2e-3
     """Peak AdamW learning rate of the image encoder."""
     token_weight: float = 1.0
     """Weight of the warm start in the encoder's loss: MSE (over variance) of the projected tokens to the caption's content-word hidden states (0 = classification only)."""
-    steps: int = 3000
+    steps: int = 1500
     """Denoising-loss steps of the adapter."""
     batch: int = 64
     """Images per step (encoder and adapter)."""
@@ -116,7 +116,7 @@ class IPAdapterConfig:
     """Share of the batch whose image embedding is zeroed (the pipeline's negative branch)."""
     min_snr_gamma: float = 5.0
     """Min-SNR-γ loss weighting, as in the base model's training (0 = plain MSE)."""
-    max_minutes: float = 30.0
+    max_minutes: float = 12.0
     """Stop the denoising stage after this many minutes (whatever ``steps`` says)."""
     eval_every: int = 500
     """Judge image-prompted generations every N steps (logged; 0 = only at the end)."""
@@ -309,22 +309,27 @@ def generate_with_image_embeds(
 ) -> torch.Tensor:
     """One image per (embedding, seed) through the stock pipeline; images [N, 3, H, W] in [0, 1].
 
-    ``embeds`` [N, E] are image-encoder embeddings; the negative branch gets zeros (as
-    ``ip_adapter_image=`` would), laid out as the pipeline expects: ``[cat(neg, pos)]`` of [2N, 1, E].
+    One pipeline call per image: diffusers treats ``ip_adapter_image_embeds`` as the image prompt of
+    the *whole* batch (it repeats them ``batch × num_images_per_prompt`` times and the attention
+    processor folds the extra rows into more tokens per sample), so per-sample embeddings in one
+    batched call would give every sample the tokens of every image — the cause of the first
+    prototype's chance-level image prompts. The negative branch gets zeros, as ``ip_adapter_image=`` does.
     """
     pipe.set_ip_adapter_scale(scale)
-    positive = embeds[:, None, :].to(pipe.unet.dtype)
-    layout = torch.cat([torch.zeros_like(positive), positive]) if guidance > 1 else positive
-    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    out = pipe(
-        prompt=[prompt] * len(seeds),
-        ip_adapter_image_embeds=[layout],
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        generator=generators,
-        output_type="pt",
-    ).images
-    return out.float().cpu().clamp(0, 1)
+    out = []
+    for embedding, seed in zip(embeds, seeds):
+        positive = embedding.view(1, 1, -1).to(pipe.unet.dtype)
+        layout = torch.cat([torch.zeros_like(positive), positive]) if guidance > 1 else positive
+        image = pipe(
+            prompt=prompt,
+            ip_adapter_image_embeds=[layout],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=torch.Generator().manual_seed(int(seed)),
+            output_type="pt",
+        ).images
+        out.append(image.float().cpu().clamp(0, 1))
+    return torch.cat(out)
 
 
 def evaluate_image_prompts(
