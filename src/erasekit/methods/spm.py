@@ -12,9 +12,14 @@ What is implemented (symbols as in the paper):
   (``ddim_steps`` steps, stopped at a random step k, CFG with the target prompt, membrane on, as the
   public code does) and t the DDIM timestep that follows, the adapted model on the target prompt c
   must output  ``ε*(x_t, c) = ε(x_t, c_n) − η (ε(x_t, c) − ε(x_t, c_n))`` where ε is the *original*
-  model (membrane off) and c_n the neutral prompt: the user's anchor in the concept's place, else the
-  same prompt with the concept word left out (``neutral="remove"``; on the bare concept word, the
-  public code's "" — see :func:`neutral_prompts` for why templates need it).
+  model (membrane off) and c_n the neutral prompt: the anchor in the concept's place — the user's,
+  else the model's data source's default (``run_method``; ShapesWorld: the next concept of its kind)
+  — and with no anchor at all (``--no-default-anchor``, or a source without one) the same prompt
+  with the concept word left out (``neutral="remove"``; on the bare concept word, the public code's
+  "" — see :func:`neutral_prompts` for why templates need it). On the shipped ShapesWorld model the
+  concept-free prompt is no neutral target for some concepts (held-out grid): white and cyan stayed
+  (UA 0.00; with the default anchors cyan and red 1.00) and square's synonyms survived (synonym UA
+  0.08; with the anchor 1.00).
 * **Latent anchoring** (eq. 6–7). Random directions ``v`` in the flattened text-embedding space,
   rescaled to ``‖c‖ · U(0.8, 1.2)``, are accepted with probability ``1 − cos(v, c)``; the adapted
   model must reproduce the original on them: ``λ ‖ε_adapted(x_t, v) − ε(x_t, v)‖²`` (λ = 1000,
@@ -403,6 +408,7 @@ class SPM:
         "Lyu et al., One-Dimensional Adapter to Rule Them All, CVPR 2024 (arXiv 2312.16145)"
     )
     config_cls: ClassVar[type] = SPMConfig
+    takes_anchor: ClassVar[bool] = True  # c_n: a concept without an anchor gets the data source's default
     smoke_overrides: ClassVar[tuple[str, ...]] = ("iterations=2", "ddim_steps=3", "anchors_per_step=2")
 
     def erase(
