@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
     attacks = attack_names(args.attacks)
     overrides = parse_overrides(args.override)
-    anchors = dict(DEFAULT_ANCHORS) if args.anchor_rule == "given" else {}
+    # The hand-written benchmark spec keeps its anchors under the default rule too.
+    given = args.anchor_rule == "given" or (args.anchor_rule == "source" and args.spec == "benchmark")
+    anchors = dict(DEFAULT_ANCHORS) if given else {}
     if args.anchor_rule == "next":
         anchors = {
             c: values[(i + 1) % len(values)] for values in DOMAINS.values() for i, c in enumerate(values)

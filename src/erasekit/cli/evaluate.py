@@ -133,19 +133,62 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
     """Measure an erasure on ShapesWorld: UA, synonym UA, IRA, CRA and FID, each beside the base model's."""
-    from erasekit.artifacts import Artifact
-
     if suite not in SUITES:
         raise ErasekitError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
+    artifacts = [str(path) for path in artifact or []]
     if suite == "memorization":  # code LMs: logic in evaluation/memorization_suite.py
         from erasekit.evaluation import memorization_suite as mem
 
-        artifacts = [str(path) for path in artifact or []]
         result = mem.evaluate_memorization(
             model, artifacts, forget, seed=seed, force=force, device=device, out=out
         )
         emit(result, as_json, mem.human)
         return
+    _check_options(steps, seeds_per_prompt, batch_size, threads, rows, prompts, artifact or [])
+    attack_names, attack_budget = _parse_attacks(attacks, attack_budget)
+    _check_attacks(attack_names, prompts, artifacts)
+    if prompts is not None:
+        if processes > 1 or distributed_launch():
+            raise ErasekitError(
+                "--prompts files are scored in one process; drop --processes (or accelerate launch)"
+            )
+        from erasekit.evaluation.prompt_file import read_prompt_file
+
+        read_prompt_file(prompts)  # malformed rows fail before the model loads
+        judge = _judge(judge_path)
+        result = _score_prompts(
+            model, artifacts, prompts, rows, out, steps, guidance, batch_size, judge, force, device
+        )
+        emit(result, as_json, _human_prompts)
+        return
+    protocol = {
+        "out_dir": out,
+        "steps": steps,
+        "guidance": guidance,
+        "seeds_per_prompt": seeds_per_prompt,
+        "grid": "full" if full else grid,
+        "batch_size": batch_size,
+        "seed": seed,
+        "use_cache": not no_cache,
+        "force": force,
+        "attacks": attack_names,
+        "attack_budget": attack_budget,
+    }
+    _run_shapesworld(model, artifacts, erased, protocol, judge_path, processes, device, as_json)
+
+
+def _check_options(
+    steps: int | None,
+    seeds_per_prompt: int,
+    batch_size: int,
+    threads: int | None,
+    rows: Path | None,
+    prompts: Path | None,
+    artifact_paths: list[Path],
+) -> None:
+    """The option checks that need no model; sets ``--threads``; fails on a bad artifact file."""
+    from erasekit.artifacts import Artifact
+
     if steps is not None and steps < 1:
         raise ErasekitError(f"--steps must be at least 1; got {steps}")
     if seeds_per_prompt < 1 or batch_size < 1:
@@ -158,10 +201,11 @@ def evaluate(
         torch.set_num_threads(threads)
     if rows is not None and prompts is None:
         raise ErasekitError("--rows writes per-row predictions of --prompts; pass --prompts FILE.jsonl too")
-    for path in artifact or []:
+    for path in artifact_paths:
         _load_artifact(path, Artifact)  # a missing or corrupt file fails before the model loads
-    artifacts = [str(path) for path in artifact or []]
-    attack_names, attack_budget = _parse_attacks(attacks, attack_budget)
+
+
+def _check_attacks(attack_names: list[str], prompts: Path | None, artifacts: list[str]) -> None:
     if attack_names and prompts is not None:
         raise ErasekitError(
             "--attacks runs with the ShapesWorld grid (--erased), not with --prompts; drop one"
@@ -169,21 +213,18 @@ def evaluate(
     if attack_names and not artifacts:
         raise ErasekitError("--attacks attacks an erased model; pass the erasure with --artifact PATH")
 
-    if prompts is not None and (processes > 1 or distributed_launch()):
-        raise ErasekitError(
-            "--prompts files are scored in one process; drop --processes (or accelerate launch)"
-        )
-    if prompts is not None:
-        from erasekit.evaluation.prompt_file import read_prompt_file
 
-        read_prompt_file(prompts)  # malformed rows fail before the model loads
-        judge = _judge(judge_path)
-        result = _score_prompts(
-            model, artifacts, prompts, rows, out, steps, guidance, batch_size, judge, force, device
-        )
-        emit(result, as_json, _human_prompts)
-        return
-
+def _run_shapesworld(
+    model: str,
+    artifacts: list[str],
+    erased: str | None,
+    protocol: dict,
+    judge_path: Path | None,
+    processes: int,
+    device: str,
+    as_json: bool,
+) -> None:
+    """The ShapesWorld protocol on ``erased``: in this process, or sharded over ``processes``."""
     if erased is None:
         raise ErasekitError(
             "pass --erased CONCEPT (the concept the artifacts erase), or --prompts FILE.jsonl"
@@ -193,29 +234,15 @@ def evaluate(
     domain_of(erased)
     from erasekit.evaluation.shapesworld import GRIDS
 
-    if grid not in GRIDS:
-        raise ErasekitError(f"unknown --grid {grid!r}; choose from: {', '.join(GRIDS)}")
+    if protocol["grid"] not in GRIDS:
+        raise ErasekitError(f"unknown --grid {protocol['grid']!r}; choose from: {', '.join(GRIDS)}")
     from erasekit.evaluation import distributed
 
     if processes > 1 and not distributed_launch():
         raise typer.Exit(code=distributed.relaunch(processes))  # N workers run this command again
-    judge = _judge(judge_path)
+    protocol = {**protocol, "judge": _judge(judge_path)}
     from erasekit.evaluation.shapesworld import evaluate_shapesworld
 
-    protocol = {
-        "out_dir": out,
-        "steps": steps,
-        "guidance": guidance,
-        "seeds_per_prompt": seeds_per_prompt,
-        "grid": "full" if full else grid,
-        "batch_size": batch_size,
-        "seed": seed,
-        "judge": judge,
-        "use_cache": not no_cache,
-        "force": force,
-        "attacks": attack_names,
-        "attack_budget": attack_budget,
-    }
     if distributed_launch():  # under accelerate launch / --processes
         result = distributed.run_sharded(
             lambda backend, generate: evaluate_shapesworld(
@@ -223,7 +250,7 @@ def evaluate(
             ),
             model=model,
             artifacts=artifacts,
-            force=force,
+            force=protocol["force"],
             device=device,
         )
         if result is not None:  # the main process reports; the others stay quiet
