@@ -51,7 +51,7 @@ def erase(
         bool,
         typer.Option(
             "--default-anchor/--no-default-anchor",
-            help="Methods that map a concept onto an anchor (uce, abo): with no --anchor, use the model's data source's (ShapesWorld: the next concept of its kind); --no-default-anchor keeps the method's own rule (empty prompt / removal).",
+            help="Methods that map a concept onto an anchor (uce, abo, spm): with no --anchor, use the model's data source's (ShapesWorld: the next concept of its kind); --no-default-anchor keeps the method's own rule (empty prompt / the prompt without the concept).",
         ),
     ] = True,
     preserve: Annotated[
