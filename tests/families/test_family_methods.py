@@ -165,3 +165,29 @@ def test_uce_keeps_biased_layers_bias_once():
     error = (preserved_after - preserved_before).norm() / preserved_before.norm()
     assert error < 0.05, f"preserved outputs moved by {error:.3f} (the bias counted twice?)"
     assert (erase_after - anchor_out).norm() < 0.5 * (erase_before - anchor_out).norm()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_seed_gives_identical_artifacts(backends, family):
+    for name in ("esd", "spm"):
+        first, _ = _erase(backends[family], name)
+        again, _ = _erase(backends[family], name)
+        assert set(first.tensors) == set(again.tensors)
+        assert all(torch.equal(first.tensors[k], again.tensors[k]) for k in first.tensors), name
+
+
+def test_uce_on_sdxl_maps_the_pooled_concept_onto_its_anchor(backends):
+    from erasekit.methods.uce import UCEConfig, collect_streams
+
+    backend = backends["sdxl"]
+    spec = ConceptSpec.from_lists(["star"], ["square"], ["circle"])
+    config = build_config(UCEConfig, None, [])
+    artifact = run_method(get_method("uce"), backend, spec, config, seed=0, complete=False)
+    pooled_stream = [s for s in collect_streams(backend, spec, config) if s[0].name == "pooled"]
+    (_stream, (erase, anchor, preserve)), pooled = pooled_stream[0], backend.pooled_dim
+    weight = backend.unet.add_embedding.linear_1.weight.detach()[:, :pooled]
+    edited = weight + artifact.weight_edits["unet.add_embedding.linear_1.weight"][1][:, :pooled]
+    before, target = erase @ weight.T, anchor @ weight.T
+    assert (erase @ edited.T - target).norm() < 0.5 * (before - target).norm()
+    kept = (preserve @ edited.T - preserve @ weight.T).norm() / (preserve @ weight.T).norm()
+    assert kept < 0.2, float(kept)
