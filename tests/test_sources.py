@@ -160,12 +160,21 @@ def test_run_method_records_the_completed_spec_and_the_source(tiny_backend):
             build_config(method.config_cls),
             complete=False,
         )
+        no_anchor = run_method(
+            method,
+            tiny_backend,
+            ConceptSpec.from_lists(["star"]),
+            build_config(method.config_cls),
+            default_anchors=False,
+        ).manifest["concepts"]
     finally:
         tiny_backend.data_source = previous
     manifest = artifact.manifest
     assert manifest["data_source"]["name"] == "shapesworld"
     assert manifest["concepts"]["completed"] == ["anchor", "preserve", "templates", "retain"]
     assert manifest["concepts"]["targets"] == [{"text": "star", "anchor": "heart"}]
+    assert no_anchor["targets"] == [{"text": "star", "anchor": None}]  # --no-default-anchor
+    assert no_anchor["completed"] == ["preserve", "templates", "retain"]
     assert len(manifest["concepts"]["preserve"]) == 21 and "heart" in manifest["concepts"]["preserve"]
     assert raw.manifest["concepts"]["preserve"] == [] and raw.manifest["concepts"]["completed"] == []
     # the preserve set changes UCE's solve: the two edits differ
