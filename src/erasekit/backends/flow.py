@@ -292,6 +292,9 @@ class FlowBackend:
         return scheduler
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
+        """The schedule's timesteps at the default image size. With a resolution-dependent shift
+        (FLUX.1's ``use_dynamic_shifting``) another size has other timesteps: ESD/SPM at a
+        non-default ``resolution`` then read t from the default size's schedule (known limit)."""
         return self._scheduler(steps).timesteps
 
     @torch.no_grad()
