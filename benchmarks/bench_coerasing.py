@@ -36,6 +36,10 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _split(items: str) -> list[str]:
+    return [kv.strip() for kv in items.split(",") if kv.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -44,6 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="shapes")
     parser.add_argument(
         "-o", "--override", action="append", default=[], help="method:key=value (esd or coerasing)"
+    )
+    parser.add_argument(
+        "--coerasing",
+        action="append",
+        default=None,
+        help="one Co-Erasing row per use: comma-separated key=value overrides over preset=shapesworld (default: one row, no overrides)",
+    )
+    parser.add_argument(
+        "--esd-control",
+        action="append",
+        default=[],
+        help="extra text-only ESD rows (comma-separated overrides over preset=shapesworld), e.g. iterations=300 for ESD with Co-Erasing's total step count",
     )
     parser.add_argument(
         "--attack-budget", default="small", help="image_prompt budget preset (small: 8 images x 4 seeds)"
@@ -75,13 +91,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         with tempfile.TemporaryDirectory() as tmp:
             esd_path = Path(tmp) / f"esd-{concept}"
-            for method_name in ("esd", "coerasing"):
+            rows = [("esd", [], "")]
+            rows += [
+                ("coerasing", [f"text_artifact={esd_path}", *_split(c)], c) for c in args.coerasing or [""]
+            ]
+            rows += [("esd", _split(c), c) for c in args.esd_control]
+            for index, (method_name, extra, label) in enumerate(rows):
                 method = get_method(method_name)
-                extra = [f"text_artifact={esd_path}"] if method_name == "coerasing" else []
                 config = build_config(method.config_cls, None, [*overrides.get(method_name, []), *extra])
-                _log(f"{method_name} erases {concept} ...")
+                _log(f"{method_name} ({label or 'preset'}) erases {concept} ...")
                 artifact = run_method(method, backend, spec, config, seed=args.seed)
-                path = artifact.save(Path(tmp) / f"{method_name}-{concept}")
+                path = artifact.save(
+                    esd_path if index == 0 else Path(tmp) / f"{method_name}-{concept}-{index}"
+                )
                 result = evaluate_shapesworld(
                     backend,
                     [path],
@@ -97,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 record = {
                     "concept": concept,
                     "method": method_name,
+                    "row": label or "preset",
                     "config": config_to_dict(config),
                     "erase_seconds": cost["seconds"],
                     "metrics": {k: result.get(k) for k in KEYS},
