@@ -150,3 +150,25 @@ def test_janus_folder_errors(tmp_path):
     (other / "config.json").write_text(json.dumps({"model_type": "llava"}))
     with pytest.raises(ErasekitError, match="not an AR"):
         load_ar_backend(other)
+
+
+def test_erasekit_generate_and_erase_run_on_the_janus_folder(janus_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from erasekit.cli.app import app
+    from erasekit.cli.main import _register
+
+    _register()
+    runner = CliRunner()
+    model = ["--model", str(janus_folder)]
+    gen = runner.invoke(
+        app, ["generate", *model, "--prompt", "a red star", "--n", "2", "--out", str(tmp_path / "g")]
+    )
+    assert gen.exit_code == 0, gen.output
+    assert len(list((tmp_path / "g").glob("*.png"))) == 2
+    erase = runner.invoke(
+        app,
+        ["erase", "ear", *model, "--concept", "star", "--anchor", "square", "-o", "iterations=1",
+         "-o", "pairs_per_iteration=1", "-o", "window=8", "--out", str(tmp_path / "a")],
+    )  # fmt: skip
+    assert erase.exit_code == 0, erase.output
