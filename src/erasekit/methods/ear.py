@@ -16,6 +16,8 @@ trained with the MSE. Two mechanisms of the paper:
   absolute τ = 0.05 on a sum of W MSEs of Janus-Pro-7B states — a number tied to that model's hidden
   scale and W. We default to a **relative** threshold: skip when loss ≤ τ · ℓ_ref, with ℓ_ref the first
   window's loss of the first iteration (the initial discrepancy); ``tlm="absolute"`` keeps the paper's.
+  On ShapesWorld-AR the windows' losses stay at 0.3–0.7 × ℓ_ref, so the default τ = 0.05 masks none;
+  τ = 0.5 masks 25–60 of 80 and trades retention between concepts (benchmarks/README.md, TLM sweep).
 
 What we do differently from the public code (immc-lab/ear, see the prototype notes §1.2), on purpose:
 
