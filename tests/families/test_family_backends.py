@@ -232,3 +232,31 @@ def test_sdxl_sampling_matches_the_stock_pipeline_with_the_same_scheduler(backen
             guidance_scale=4.0, latents=latents, output_type="latent",
         ).images  # fmt: skip
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), float((ours - theirs).abs().max())
+
+
+def test_flux_without_guidance_embedding_runs_and_erases():
+    """FLUX.1-schnell has no guidance embedding: the backend passes none and methods still run."""
+    from erasekit.applying import apply, revert
+    from erasekit.backends.flow import FlowBackend
+    from erasekit.backends.tiny_families import build_tiny_flux_pipeline
+    from erasekit.concepts import ConceptSpec
+    from erasekit.config import build_config
+    from erasekit.methods import get_method, run_method
+
+    backend = FlowBackend(build_tiny_flux_pipeline(guidance_embeds=False), "flux", name="tiny-schnell")
+    assert not backend.transformer.config.guidance_embeds
+    latents = backend.initial_latents([1])
+    cond = backend.encode_prompts(["a star"])
+    with torch.no_grad():
+        before = backend.predict_noise(latents, 500, cond)
+        assert torch.equal(before, backend.predict_noise(latents, 500, cond, guidance=9.0))  # ignored
+    method = get_method("esd")
+    config = build_config(method.config_cls, None, list(method.smoke_overrides))
+    artifact = run_method(method, backend, ConceptSpec.from_lists(["star"]), config, seed=0)
+    with torch.no_grad():
+        apply(artifact, backend)
+        try:
+            after = backend.predict_noise(latents, 500, cond)
+        finally:
+            revert(backend)
+    assert not torch.equal(before, after)

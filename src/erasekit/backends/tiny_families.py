@@ -217,8 +217,11 @@ def build_tiny_sd3_pipeline(seed: int = 0, max_length: int = 16) -> StableDiffus
     return _ready(pipe)
 
 
-def build_tiny_flux_pipeline(seed: int = 0, max_length: int = 16) -> FluxPipeline:
-    """A tiny FLUX.1-dev-style pipeline: 1 double- and 1 single-stream block, CLIP (pooled) + T5."""
+def build_tiny_flux_pipeline(
+    seed: int = 0, max_length: int = 16, guidance_embeds: bool = True
+) -> FluxPipeline:
+    """A tiny FLUX.1-dev-style pipeline (``guidance_embeds=False``: schnell-style): 1 double- and 1
+    single-stream block, CLIP (pooled) + T5."""
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,
@@ -229,7 +232,7 @@ def build_tiny_flux_pipeline(seed: int = 0, max_length: int = 16) -> FluxPipelin
         num_attention_heads=2,
         joint_attention_dim=32,
         pooled_projection_dim=32,
-        guidance_embeds=True,
+        guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 4, 8),  # sums to the head dim
     )
     pipe = FluxPipeline(
