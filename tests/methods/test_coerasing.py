@@ -119,6 +119,9 @@ def test_inputs_are_checked(tiny_backend, tmp_path):
     with pytest.raises(ErasekitError, match="weight-editing"):
         CoErasing().erase(tiny_backend, STAR, config)
     assert CoErasingConfig.PRESETS["paper"]["blur_factor"] == 5
+    tiny_backend.image_adapter_source = None  # a model without an IP-Adapter: refused before any training
+    with pytest.raises(ErasekitError, match="IP-Adapter"):
+        CoErasing().erase(tiny_backend, STAR, build_config(CoErasingConfig, None, SMOKE))
 
 
 class _SaysStar:

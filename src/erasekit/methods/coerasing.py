@@ -199,9 +199,10 @@ class CoErasing:
             )
         if concepts.preserve:
             raise ErasekitError("Co-Erasing has no preserve set in its objective; drop --preserve.")
-        if not hasattr(backend, "image_prompts"):
+        if not hasattr(backend, "image_prompts") or getattr(backend, "image_adapter_source", None) is None:
             raise ErasekitError(
-                f"Co-Erasing needs image prompts (an IP-Adapter); the {backend.kind} backend has none."
+                f"Co-Erasing needs image prompts: {getattr(backend, 'name', 'this model')} ({backend.kind}) has no IP-Adapter; "
+                "use a model that ships one (--model shapes) or set backend.image_adapter_source to an adapter folder."
             )
         if generator is None:
             generator = torch.Generator().manual_seed(0)
