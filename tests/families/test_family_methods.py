@@ -65,6 +65,8 @@ def _stock_latents(pipe, prompt: str) -> torch.Tensor:
 
 def _erase(backend, method_name: str, **overrides):
     method = get_method(method_name)
+    if "relax_steps" in getattr(method.config_cls, "__dataclass_fields__", {}):
+        overrides.setdefault("relax_steps", 0)  # few-shot's extra steps past the cap: not needed here
     spec = ConceptSpec.from_lists(**getattr(method, "smoke_concepts", {"concepts": ["star"]}))
     settings = list(method.smoke_overrides) + [f"{k}={v}" for k, v in overrides.items()]
     config = build_config(method.config_cls, None, settings)
