@@ -234,6 +234,7 @@ class FewShot:
     smoke_overrides: ClassVar[tuple[str, ...]] = (
         "num_images=2",
         "epochs=1",
+        "relax_steps=0",
         "views=2",
         "probes=2",
         "generate_steps=2",
