@@ -19,15 +19,18 @@ What is ShapesWorld-specific, and why:
   weight_name=WEIGHTS_NAME, image_encoder_folder="image_encoder", local_files_only=True)`` serves this
   adapter and a real SD1.5 one alike. The encoder sees pixels exactly as diffusers'
   ``CLIPImageProcessor`` prepares them (:func:`pixel_values`; checked against the processor in a test).
-* **A warm start for the projection**: before the denoising loss, the projection is fitted so that
-  its 4 tokens reproduce the frozen text encoder's hidden states of the image's caption at the colour,
-  shape and style words and at EOS. With W'_k, W'_v = W_k, W_v this makes the image branch begin as
-  "attend to the caption's content words", which the denoising loss then refines. (A first prototype
-  without it, 8–12 CPU-minutes, stayed at chance in generation; see ``benchmarks/README.md``.)
+* **A warm start, inside the encoder's training**: besides classifying, the encoder learns (through
+  the adapter's bias-free projection) to reproduce the frozen text encoder's hidden states of the
+  image's caption at the colour, shape and style words and at EOS. With W'_k, W'_v = W_k, W_v the
+  image branch then begins as "attend to the caption's content words" (judged 0.79/1.00/0.71 before
+  any denoising step), which the denoising loss refines.
+* **The projection's biases stay 0**, so the zero embedding the pipeline feeds the CFG negative branch
+  makes zero tokens (zero keys and values: the image branch adds exactly nothing there).
 * **Training runs through diffusers' own IP-Adapter modules** (loaded with ``load_ip_adapter`` from a
-  state dict), called exactly as the pipeline calls them: ``image_embeds`` as a list of [B, 1, E]
-  tensors, zero embeddings for "no image" (what the pipeline feeds the negative branch). Training and
-  generation therefore cannot disagree on the path.
+  state dict), called as the UNet is called in the pipeline: ``image_embeds`` as a list of [B, 1, E]
+  tensors. Evaluation makes one pipeline call per prompt image: diffusers applies
+  ``ip_adapter_image_embeds`` to the whole batch of a call (see :func:`generate_with_image_embeds`),
+  which is what kept the first prototype at chance (``benchmarks/README.md``).
 
 The gate is generation, not loss: with an image prompt (a render) and the empty text prompt, the judge
 must name the prompt image's shape and colour (:func:`evaluate_image_prompts`). Train it with::
