@@ -30,7 +30,7 @@ What is ShapesWorld-specific, and why:
   state dict), called as the UNet is called in the pipeline: ``image_embeds`` as a list of [B, 1, E]
   tensors. Evaluation makes one pipeline call per prompt image: diffusers applies
   ``ip_adapter_image_embeds`` to the whole batch of a call (see :func:`generate_with_image_embeds`),
-  which is what kept the first prototype at chance (``benchmarks/README.md``).
+  which kept our own first evaluations at chance even with oracle tokens (``benchmarks/README.md``).
 
 The gate is generation, not loss: with an image prompt (a render) and the empty text prompt, the judge
 must name the prompt image's shape and colour (:func:`evaluate_image_prompts`). Train it with::
