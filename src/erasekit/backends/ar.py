@@ -56,10 +56,7 @@ from transformers.utils import logging as transformers_logging
 from erasekit.backends.ar_families import LAYOUT_NAME, ARFamily, JanusFamily, JointVocabularyFamily
 from erasekit.backends.ar_tokenizer import TemplateTokenizer, WordTokenizer
 from erasekit.backends.base import (
-    fingerprint_components,
-    modules_for_target,
-    named_modules_of,
-    named_parameters_of,
+    ComponentSurface,
     split_targets,
 )
 from erasekit.backends.vqvae import VQVAE, load_vqvae
@@ -77,7 +74,7 @@ AR_TARGETS: dict[str, str] = {
 }
 
 
-class ARBackend:
+class ARBackend(ComponentSurface):
     """An autoregressive image-token model seen through erasekit's method-facing surface.
 
     Args:
@@ -89,6 +86,7 @@ class ARBackend:
     """
 
     kind = "ar"
+    adapter_types = (nn.Linear,)
     # Diffusion-only attributes some shared code reads; an AR model has no noise schedule.
     prediction_type = "none"
     num_train_timesteps = 0
@@ -338,12 +336,6 @@ class ARBackend:
         return self.decode_tokens(codes)
 
     # ---- targets ------------------------------------------------------------------------------
-    def named_parameters(self) -> dict[str, nn.Parameter]:
-        return named_parameters_of(self.components)
-
-    def named_modules(self) -> dict[str, nn.Module]:
-        return named_modules_of(self.components)
-
     def _layer(self, name: str) -> int | None:
         prefix = self.family.layer_prefix
         if not name.startswith(prefix):
@@ -383,14 +375,6 @@ class ARBackend:
                 f"Target {target!r} selects no parameters of this model; pick another target."
             )
         return out
-
-    def modules_for(
-        self, target: str | Iterable[str], types: tuple[type, ...] = (nn.Linear,)
-    ) -> dict[str, nn.Module]:
-        return modules_for_target(self.parameters_for(target), self.named_modules(), target, types)
-
-    def fingerprint(self) -> str:
-        return fingerprint_components(self.components)
 
 
 # ---- loading -----------------------------------------------------------------------------------

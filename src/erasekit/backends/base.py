@@ -29,7 +29,7 @@ LMs (CodeEraser: ``model`` component, ``lm_mlp``/``lm_attn`` targets).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -80,6 +80,71 @@ class DiffusionBackend(Protocol):
     def fingerprint(self) -> str: ...
     def denoiser_context(self, cond: torch.Tensor) -> torch.Tensor: ...
     def text_linear_inputs(self, prompts: list[str], target: str) -> list[LinearInputs]: ...
+
+
+class ComponentSurface:
+    """The part of the surface every backend derives from its ``components`` alone: qualified
+    parameter/module names, the adapter modules a target selects, the weight fingerprint.
+
+    A backend sets ``components`` and implements ``parameters_for``; ``adapter_types`` are the module
+    types ``modules_for`` returns (SPM-style adapters wrap these).
+    """
+
+    components: dict[str, nn.Module]
+    adapter_types: tuple[type, ...] = (nn.Linear, nn.Conv2d)
+
+    def parameters_for(self, target: str | Iterable[str]) -> dict[str, nn.Parameter]:
+        raise NotImplementedError
+
+    def named_parameters(self) -> dict[str, nn.Parameter]:
+        return named_parameters_of(self.components)
+
+    def named_modules(self) -> dict[str, nn.Module]:
+        return named_modules_of(self.components)
+
+    def modules_for(
+        self, target: str | Iterable[str], types: tuple[type, ...] | None = None
+    ) -> dict[str, nn.Module]:
+        """Modules of ``types`` (default ``adapter_types``) whose weight a target selects."""
+        return modules_for_target(
+            self.parameters_for(target), self.named_modules(), target, types or self.adapter_types
+        )
+
+    def fingerprint(self) -> str:
+        return fingerprint_components(self.components)
+
+
+class DiffusionSurface(ComponentSurface):
+    """What every diffusion backend builds from its own calls: ``sample``, prompts → images through
+    ``encode_prompts``, ``initial_latents``, ``denoise`` and ``decode_latents``.
+
+    ``negative_branch`` False (a guidance-distilled model such as FLUX.1-dev) skips encoding the
+    negative prompt: ``denoise`` then gets ``uncond=None``.
+    """
+
+    negative_branch: bool = True
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        *,
+        steps: int = 25,
+        guidance: float = 5.0,
+        negative_prompt: str = "",
+        size: int | None = None,
+    ) -> torch.Tensor:
+        """Generate one image per (prompt, seed): float32 [N, 3, H, W] in [0, 1] on CPU."""
+        if len(prompts) != len(seeds):
+            raise ErasekitError(
+                f"Got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt."
+            )
+        cond = self.encode_prompts(prompts)
+        uncond = self.encode_prompts([negative_prompt] * len(prompts)) if self.negative_branch else None
+        latents = self.initial_latents(seeds, size)
+        latents = self.denoise(latents, cond, uncond, steps=steps, guidance=guidance)
+        return self.decode_latents(latents)
 
 
 def split_targets(target: str | Iterable[str]) -> list[str]:

@@ -29,9 +29,7 @@ import torch
 from torch import nn
 
 from erasekit.backends.base import (
-    fingerprint_components,
-    named_modules_of,
-    named_parameters_of,
+    ComponentSurface,
     split_targets,
 )
 from erasekit.errors import ErasekitError
@@ -79,7 +77,7 @@ def is_causal_lm_folder(path: str | Path) -> bool:
     return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
 
 
-class CausalLMBackend:
+class CausalLMBackend(ComponentSurface):
     """One causal LM and its tokenizer behind the method-facing surface.
 
     Args:
@@ -196,12 +194,6 @@ class CausalLMBackend:
         return fresh_copy(self.model)
 
     # ---- targets --------------------------------------------------------------------------------
-    def named_parameters(self) -> dict[str, nn.Parameter]:
-        return named_parameters_of(self.components)
-
-    def named_modules(self) -> dict[str, nn.Module]:
-        return named_modules_of(self.components)
-
     def parameters_for(self, target: str | Iterable[str]) -> dict[str, nn.Parameter]:
         """Parameters named by ``lm_mlp``, ``lm_attn``, ``lm_all`` (or ``+``-joined), in model order."""
         rules = []
@@ -230,9 +222,6 @@ class CausalLMBackend:
         if not out:
             raise ErasekitError(f"Target {target!r} has no Linear layers; pick another target.")
         return out
-
-    def fingerprint(self) -> str:
-        return fingerprint_components(self.components)
 
 
 def load_causal_lm_backend(

@@ -44,11 +44,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from torch import nn
 
 from erasekit.backends.base import (
+    DiffusionSurface,
     LinearInputs,
-    fingerprint_components,
-    modules_for_target,
-    named_modules_of,
-    named_parameters_of,
 )
 from erasekit.backends.families import pack, unpack
 from erasekit.backends.family_targets import FLOW_TARGETS, resolve_family_parameters
@@ -68,7 +65,7 @@ def _calculate_shift(seq_len: int, config) -> float:
     return seq_len * slope + base_shift - slope * base_len
 
 
-class FlowBackend:
+class FlowBackend(DiffusionSurface):
     """A ``StableDiffusion3Pipeline`` (family ``sd3``) or ``FluxPipeline`` (``flux``) for methods.
 
     Args:
@@ -86,6 +83,7 @@ class FlowBackend:
         if family not in T5_LENGTH:
             raise ErasekitError(f"Unknown flow family {family!r}; use sd3 or flux.")
         self.pipe, self.kind, self.name = pipe, family, name
+        self.negative_branch = family == "sd3"  # FLUX embeds its (distilled) guidance: no negative prompt
         self.t5_length = max_sequence_length or T5_LENGTH[family]
         self.transformer, self.vae = pipe.transformer, pipe.vae
         self.tokenizer = check_tokenizer(pipe.tokenizer, f"tokenizer of {name}")
@@ -325,43 +323,7 @@ class FlowBackend:
             latents = scheduler.step(pred, t, latents).prev_sample
         return latents
 
-    @torch.no_grad()
-    def sample(
-        self,
-        prompts: Sequence[str],
-        seeds: Sequence[int],
-        *,
-        steps: int = 25,
-        guidance: float = 5.0,
-        negative_prompt: str = "",
-        size: int | None = None,
-    ) -> torch.Tensor:
-        """Generate one image per (prompt, seed): float32 [N, 3, H, W] in [0, 1] on CPU."""
-        if len(prompts) != len(seeds):
-            raise ErasekitError(
-                f"Got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt."
-            )
-        cond = self.encode_prompts(prompts)
-        uncond = self.encode_prompts([negative_prompt] * len(prompts)) if self.kind == "sd3" else None
-        latents = self.initial_latents(seeds, size)
-        latents = self.denoise(latents, cond, uncond, steps=steps, guidance=guidance)
-        return self.decode_latents(latents)
-
     # ---- targets ------------------------------------------------------------------------------
-    def named_parameters(self) -> dict[str, nn.Parameter]:
-        return named_parameters_of(self.components)
-
-    def named_modules(self) -> dict[str, nn.Module]:
-        return named_modules_of(self.components)
-
     def parameters_for(self, target: str | Iterable[str]) -> dict[str, nn.Parameter]:
         """Parameters named by a target (:mod:`erasekit.backends.family_targets`)."""
         return resolve_family_parameters(self.named_parameters(), target, FLOW_TARGETS, self.text_layers)
-
-    def modules_for(
-        self, target: str | Iterable[str], types: tuple[type, ...] = (nn.Linear, nn.Conv2d)
-    ) -> dict[str, nn.Module]:
-        return modules_for_target(self.parameters_for(target), self.named_modules(), target, types)
-
-    def fingerprint(self) -> str:
-        return fingerprint_components(self.components)

@@ -25,11 +25,8 @@ from torch import nn
 from transformers.utils import logging as transformers_logging
 
 from erasekit.backends.base import (
+    DiffusionSurface,
     LinearInputs,
-    fingerprint_components,
-    modules_for_target,
-    named_modules_of,
-    named_parameters_of,
 )
 from erasekit.backends.targets import resolve_parameters
 from erasekit.backends.tokenizer import check_tokenizer
@@ -39,7 +36,7 @@ _PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class SDBackend:
+class SDBackend(DiffusionSurface):
     """A Stable Diffusion pipeline seen through erasekit's method-facing surface.
 
     Args:
@@ -240,47 +237,10 @@ class SDBackend:
             latents = scheduler.step(pred, t, latents).prev_sample
         return latents
 
-    @torch.no_grad()
-    def sample(
-        self,
-        prompts: Sequence[str],
-        seeds: Sequence[int],
-        *,
-        steps: int = 25,
-        guidance: float = 5.0,
-        negative_prompt: str = "",
-        size: int | None = None,
-    ) -> torch.Tensor:
-        """Generate one image per (prompt, seed): float32 [N, 3, H, W] in [0, 1] on CPU."""
-        if len(prompts) != len(seeds):
-            raise ErasekitError(
-                f"Got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt."
-            )
-        cond = self.encode_prompts(prompts)
-        uncond = self.encode_prompts([negative_prompt] * len(prompts))
-        latents = self.initial_latents(seeds, size)
-        latents = self.denoise(latents, cond, uncond, steps=steps, guidance=guidance)
-        return self.decode_latents(latents)
-
     # ---- targets ------------------------------------------------------------------------------
-    def named_parameters(self) -> dict[str, nn.Parameter]:
-        return named_parameters_of(self.components)
-
-    def named_modules(self) -> dict[str, nn.Module]:
-        return named_modules_of(self.components)
-
     def parameters_for(self, target: str | Iterable[str]) -> dict[str, nn.Parameter]:
         """Parameters named by a target (``"cross_attn_kv"``, ``"text_mlp+text_attn_last"`` ...)."""
         return resolve_parameters(self.named_parameters(), target, self.n_text_layers)
-
-    def modules_for(
-        self, target: str | Iterable[str], types: tuple[type, ...] = (nn.Linear, nn.Conv2d)
-    ) -> dict[str, nn.Module]:
-        """Linear/Conv modules whose weight a target selects (for adapters such as SPM)."""
-        return modules_for_target(self.parameters_for(target), self.named_modules(), target, types)
-
-    def fingerprint(self) -> str:
-        return fingerprint_components(self.components)
 
 
 # ---- loading -----------------------------------------------------------------------------------
