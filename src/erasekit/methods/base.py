@@ -195,3 +195,15 @@ def require(condition: bool, message: str) -> None:
     """Raise a one-line :class:`ErasekitError` unless ``condition`` (for config validation)."""
     if not condition:
         raise ErasekitError(message)
+
+
+def require_no_anchor_or_preserve(concepts: ConceptSpec, method: str, alternative: str = "") -> None:
+    """Refuse anchors and preserve concepts for a method whose objective erases towards the
+    unconditional prediction with no preserve term (ESD, Co-Erasing)."""
+    hint = f" (or use {alternative})" if alternative else ""
+    if any(t.anchor is not None for t in concepts.targets):
+        raise ErasekitError(
+            f"{method} erases towards the unconditional prediction and takes no anchor; drop --anchor{hint}."
+        )
+    if concepts.preserve:
+        raise ErasekitError(f"{method} has no preserve set in its objective; drop --preserve{hint}.")

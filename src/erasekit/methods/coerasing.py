@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from erasekit.artifacts import Artifact
 from erasekit.concepts import ConceptSpec
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import require
+from erasekit.methods.base import require, require_no_anchor_or_preserve
 from erasekit.methods.esd import ESD, VARIANT_TARGETS, ESDConfig, _Components, esd_target
 from erasekit.methods.training import TrainedParameters
 
@@ -193,12 +193,7 @@ class CoErasing:
         *,
         generator: torch.Generator | None = None,
     ) -> Artifact:
-        if any(t.anchor is not None for t in concepts.targets):
-            raise ErasekitError(
-                "Co-Erasing erases towards the unconditional prediction and takes no anchor; drop --anchor."
-            )
-        if concepts.preserve:
-            raise ErasekitError("Co-Erasing has no preserve set in its objective; drop --preserve.")
+        require_no_anchor_or_preserve(concepts, "Co-Erasing")
         if not hasattr(backend, "image_prompts") or getattr(backend, "image_adapter_source", None) is None:
             raise ErasekitError(
                 f"Co-Erasing needs image prompts: {getattr(backend, 'name', 'this model')} ({backend.kind}) has no IP-Adapter; "

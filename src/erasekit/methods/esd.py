@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from erasekit.artifacts import Artifact
 from erasekit.concepts import ConceptSpec
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import require
+from erasekit.methods.base import require, require_no_anchor_or_preserve
 from erasekit.methods.training import TrainedParameters
 
 VARIANT_TARGETS = {"x": "cross_attn", "u": "unet_non_cross"}
@@ -176,12 +176,7 @@ class ESD:
         *,
         generator: torch.Generator | None = None,
     ) -> Artifact:
-        if any(t.anchor is not None for t in concepts.targets):
-            raise ErasekitError(
-                "ESD erases towards the unconditional prediction and takes no anchor; drop --anchor (or use uce)."
-            )
-        if concepts.preserve:
-            raise ErasekitError("ESD has no preserve set in its objective; drop --preserve (or use uce).")
+        require_no_anchor_or_preserve(concepts, "ESD", "uce")
         # Everything random comes from the run's generator (run_method seeds it with --seed).
         if generator is None:
             generator = torch.Generator().manual_seed(0)
