@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from erasekit.backends.tiny import CLIP_SPECIAL_IDS, CLIP_VIT_L_TEXT, CLIP_VOCAB_SIZE, SD_VAE
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 SDXL_UNET = dict(
@@ -57,25 +59,8 @@ SDXL_UNET = dict(
     addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816,
 )
-SDXL_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=2,
-    sample_size=1024,
-    scaling_factor=0.13025,
-)
-CLIP_IDS = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, vocab_size=49408)
-CLIP_L = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    hidden_act="quick_gelu",
-)
+SDXL_VAE = {**SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025}
+CLIP_IDS = dict(vocab_size=CLIP_VOCAB_SIZE, **CLIP_SPECIAL_IDS)
 CLIP_G = dict(
     hidden_size=1280,
     intermediate_size=5120,
@@ -105,7 +90,9 @@ def _text_encoders(seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    te1 = CLIPTextModel(CLIPTextConfig(max_position_embeddings=77, **CLIP_L, **CLIP_IDS))
+    te1 = CLIPTextModel(
+        CLIPTextConfig(max_position_embeddings=77, vocab_size=CLIP_VOCAB_SIZE, **CLIP_VIT_L_TEXT)
+    )
     te2 = CLIPTextModelWithProjection(CLIPTextConfig(max_position_embeddings=77, **CLIP_G, **CLIP_IDS))
     return te1, te2
 

@@ -87,6 +87,31 @@ def build_tiny_pipeline(seed: int = 0, max_length: int = 16) -> StableDiffusionP
     )
 
 
+# Public-size configs (random weights; benchmarks/bench_families.py builds SDXL from them too).
+CLIP_SPECIAL_IDS = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+CLIP_VIT_L_TEXT = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+    **CLIP_SPECIAL_IDS,
+)
+"""CLIP ViT-L/14's text tower (SD 1.x; SDXL's first encoder), without vocabulary and length."""
+SD_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    sample_size=512,
+)
+"""The SD 1.x VAE (84 M); SDXL's has the same shape at sample size 1024."""
+
+
 def build_sd14_shaped_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """Random weights at the public SD-1.4 sizes (UNet 860 M, CLIP ViT-L/14 text 123 M, VAE 84 M)."""
     return _assemble(
@@ -101,27 +126,8 @@ def build_sd14_shaped_pipeline(seed: int = 0) -> StableDiffusionPipeline:
             cross_attention_dim=768,
             attention_head_dim=8,
         ),
-        text_kwargs=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            projection_dim=768,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        ),
-        vae_kwargs=dict(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            sample_size=512,
-        ),
+        text_kwargs=CLIP_VIT_L_TEXT,
+        vae_kwargs=SD_VAE,
         max_length=77,
         seed=seed,
     )
