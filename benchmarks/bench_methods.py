@@ -35,6 +35,7 @@ from erasekit.config import build_config, config_to_dict
 from erasekit.methods import get_method, run_method
 from erasekit.world.concepts import DOMAINS, domain_of
 from erasekit.world.source import world_templates
+from erasekit.zoo import recommended_preset
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The alternative each concept is mapped to by methods that take one (UCE's guide, ABO's alternative).
@@ -176,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for method_name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         method = get_method(method_name)
-        config = build_config(method.config_cls, None, overrides.get(method_name, []))
+        # as `erasekit erase` does: the model's recommended preset unless the run names one
+        config = build_config(
+            method.config_cls, None, overrides.get(method_name, []), model_preset=recommended_preset(args.model)
+        )
         for concept in [c.strip() for c in args.concepts.split(",") if c.strip()]:
             if args.spec == "user":
                 anchor = anchors.get(concept) if method_name in ANCHOR_METHODS else None

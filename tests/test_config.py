@@ -248,3 +248,19 @@ def test_preset_is_recorded_in_the_manifest(tiny_backend):
     assert recorded["preset"] == "paper" and recorded["tokens"] == "from_last"
     assert recorded["lamb"] == 0.25  # the explicit value, not the preset's 0.5
     assert recorded["preserve_unconditional"] is True
+
+
+def test_the_model_recommends_a_preset_that_applies_only_where_none_is_named():
+    from erasekit.methods.esd import ESDConfig
+    from erasekit.zoo import recommended_preset
+
+    assert recommended_preset("shapes") == "shapesworld" and recommended_preset("tiny") is None
+    config = build_config(ESDConfig, None, [], model_preset="shapesworld")
+    assert (config.preset, config.iterations, config.lr) == ("shapesworld", 150, 1e-3)
+    named = build_config(ESDConfig, None, ["preset=paper"], model_preset="shapesworld")
+    assert (named.preset, named.iterations) == ("paper", 1000)
+    assert build_config(ESDConfig, None, ["lr=2e-3"], model_preset="shapesworld").lr == 2e-3
+    # a preset the method does not have is no error: the method's defaults hold
+    from erasekit.methods.ear import EARConfig
+
+    assert build_config(EARConfig, None, [], model_preset="shapesworld").preset == "default"

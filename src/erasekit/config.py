@@ -137,12 +137,19 @@ def preset_values(cls: type, name: Any) -> dict[str, Any]:
 
 
 def build_config(
-    cls: type, file: str | Path | None = None, overrides: list[str] | None = None, **fixed: Any
+    cls: type,
+    file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    model_preset: str | None = None,
+    **fixed: Any,
 ) -> Any:
     """A ``cls`` instance from defaults, then a preset, then a JSON file, then ``key=value`` overrides.
 
     ``preset=NAME`` (in the file, an override or ``fixed``) selects one of :func:`presets_of`; its
     values sit under everything given explicitly, so ``-o preset=paper -o lr=1e-4`` keeps ``lr=1e-4``.
+    ``model_preset`` is the preset the model recommends (its data source's ``preset``: ``shapesworld``
+    for ShapesWorld models); it applies when none is given and ``cls`` has a preset of that name.
     Build configs with presets through this function: ``Config(preset="paper")`` records the name but
     does not apply the preset's values.
     """
@@ -166,6 +173,8 @@ def build_config(
         key, raw = item.split("=", 1)
         values[key.strip()] = raw.strip()
     values.update(fixed)
+    if "preset" not in values and model_preset is not None and model_preset in presets_of(cls):
+        values["preset"] = model_preset
     values = {**preset_values(cls, values.get("preset")), **values}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}

@@ -43,6 +43,9 @@ class DataSource:
     """
 
     name: str = "none"
+    preset: str | None = None
+    """The method preset tuned on this source's models (``-o preset=NAME``), used when the user names
+    none and the method has one of that name; None: the methods' own defaults."""
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of the source for manifests."""
@@ -121,6 +124,10 @@ class WithRetain(DataSource):
     @property
     def name(self) -> str:  # type: ignore[override]
         return f"{self.base.name}+{self.retain.name}"
+
+    @property
+    def preset(self) -> str | None:  # type: ignore[override]
+        return self.base.preset
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "base": self.base.describe(), "retain": self.retain.describe()}

@@ -157,6 +157,11 @@ def source_for(model: str) -> DataSource:
     return packaged_captions()
 
 
+def recommended_preset(model: str) -> str | None:
+    """The method preset ``model``'s data source recommends (``shapesworld`` for ShapesWorld models)."""
+    return source_for(model).preset
+
+
 def _code_source(folder: Path) -> DataSource:
     """A CodeWorld-trained LM folder brings its corpus (retain files, unseen secrets, held-out checks);
     any other causal LM brings nothing (methods that need retain data then ask for --retain)."""
@@ -173,6 +178,23 @@ def _is_shapesworld_folder(path: Path) -> bool:
 
     manifest = path / MANIFEST_NAME
     return manifest.is_file() and "ShapesWorld" in manifest.read_text(errors="ignore")[:4096]
+
+
+def recommended_sampling(model: str) -> dict[str, float] | None:
+    """``{"steps", "guidance"}`` a model folder's erasekit manifest recommends (``"sampling"``: the
+    shipped ShapesWorld model, ``erasekit world train`` output), else None."""
+    from erasekit.world.model import read_manifest
+
+    folder = Path(resolve(model)).expanduser()
+    if not folder.is_dir():
+        return None
+    sampling = read_manifest(folder).get("sampling") or {}
+    if "num_inference_steps" not in sampling and "guidance_scale" not in sampling:
+        return None
+    return {
+        "steps": int(sampling.get("num_inference_steps", 25)),
+        "guidance": float(sampling.get("guidance_scale", 5.0)),
+    }
 
 
 def _with_retain(source: DataSource, kind: str, retain: str | Path) -> DataSource:
@@ -219,6 +241,8 @@ def load_model(model: str, *, retain: str | Path | None = None, **kwargs: Any) -
 
         backend = load_backend(resolve(model), name=model, **kwargs)
     backend.data_source = source
+    # what the model's own manifest recommends for sampling (methods that sample, e.g. fewshot's check)
+    backend.recommended_sampling = recommended_sampling(model) if kind == "sd" else None
     entry = ZOO.get(model)
     if kind == "sd" and entry is not None and entry.image_adapter is not None:
         backend.image_adapter_source = entry.image_adapter()

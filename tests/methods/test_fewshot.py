@@ -13,7 +13,7 @@ from erasekit.config import build_config
 from erasekit.errors import ErasekitError
 from erasekit.methods import get_method, run_method
 
-FAST = ["num_images=2", "batch_size=2", "views=2", "probes=4", "generate_steps=2", "preserve_weight=0"]
+FAST = ["num_images=2", "batch_size=2", "views=2", "probes=4", "generate_steps=2", "preserve_weight=0", "verify=0"]
 
 
 def erase(backend, overrides, concepts=None):
@@ -166,3 +166,58 @@ def test_past_the_cap_a_stalled_ascent_relaxes_the_trust_region_and_nothing_else
     assert report["stopped_by"] == "loss_bound" and 1 <= report["steps_run"] < report["steps_max"]
     assert quick[0].tensors and quick[1].manifest["training"]["relax_steps_run"] == 0
     assert all(torch.equal(quick[0].tensors[k], quick[1].tensors[k]) for k in quick[0].tensors)
+
+
+def test_timesteps_follow_the_weights_of_equal_slices_of_the_schedule():
+    from erasekit.methods.fewshot import timesteps_at
+
+    u = torch.linspace(0, 0.999, 200)
+    assert torch.equal(timesteps_at(u, torch.ones(10), 1000), (u * 1000).long())  # uniform
+    one_hot = torch.zeros(10)
+    one_hot[7] = 1.0
+    t = timesteps_at(u, one_hot, 1000)
+    assert int(t.min()) >= 700 and int(t.max()) <= 799  # all in slice 7, spread over it
+    assert int(t.max()) - int(t.min()) > 90
+    skewed = timesteps_at(u, torch.tensor([1.0, 3.0]), 1000)
+    assert float((skewed >= 500).float().mean()) == pytest.approx(0.75, abs=0.01)
+    assert torch.all(skewed[1:] >= skewed[:-1])  # a quantile function
+
+
+def test_paper_preset_is_the_plain_ascent():
+    config = build_config(get_method("fewshot").config_cls, None, ["preset=paper"])
+    assert (config.verify, config.restarts, config.timestep_mix, config.stop_rule) == (0, 0, 0.0, "none")
+
+
+@pytest.mark.parametrize("present, kept", [(1.0, 1.0), (0.0, 1.0), (0.0, 0.5)])
+def test_verification_decides_stop_continue_and_restart(tiny_backend, monkeypatch, present, kept):
+    """The control flow around the check (the classifier's quality is tested on ShapesWorld): erased
+    and kept -> stop "verified" at the first check; still recognised -> train to the cap, then restart
+    from the original weights; erased but the rest damaged -> λ doubles and training goes on."""
+    from erasekit.methods import verification
+
+    calls = []
+
+    def fake_check(self, backend, confirm=False):  # the first call is the original model's baseline
+        calls.append(1)
+        return {"present": {"cat": present}, "kept": 1.0 if len(calls) == 1 else kept}
+
+    monkeypatch.setattr(verification.Verifier, "check", fake_check)
+    monkeypatch.setattr(verification.Verifier, "_own_share", lambda self, b, x0, caps: 1.0)
+    quick = [o for o in FAST if o != "verify=0"]
+    artifact = erase(
+        tiny_backend,
+        quick
+        + ["lr=1e-2", "epochs=3", "relax_steps=0", "stop_rule=initial", "stop_factor=1e-6", "verify=2"]
+        + ["verify_every=1", "verify_timesteps=1", "restarts=1", "preserve_weight=1"],
+    )
+    training = artifact.manifest["training"]
+    assert training["verification"]["erase"] == {"cat": ["dog"]}
+    attempts = training["attempts"]
+    if present == 0.0 and kept == 1.0:
+        assert training["stopped_by"] == "verified" and training["steps_run"] == 0
+        assert [a["stopped_by"] for a in attempts] == ["verified"]
+    else:
+        assert [a["stopped_by"] for a in attempts] == ["steps", "steps"]  # one restart, both to the cap
+        assert training["steps_run"] == training["steps_max"] == 3
+        expected = 1.0 * 2**3 if kept < 1.0 else 1.0  # doubled at each of the 3 checks, else untouched
+        assert training["preserve_weight_final"] == expected

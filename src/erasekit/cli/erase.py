@@ -127,7 +127,19 @@ def erase(
                 f"Method {method} takes no forget file; leave out --forget (it erases --concept)."
             )
         fixed[FORGET_FIELD] = str(forget)
-    method_config = build_config(method_obj.config_cls, config, override or [], **fixed)
+    from erasekit.zoo import recommended_preset
+
+    model_preset = recommended_preset(model)
+    method_config = build_config(
+        method_obj.config_cls, config, override or [], model_preset=model_preset, **fixed
+    )
+    # the model's preset applied only where the user named none: record where the values came from
+    preset_from_model = (
+        model_preset is not None
+        and getattr(method_config, "preset", None) == model_preset
+        and getattr(build_config(method_obj.config_cls, config, override or [], **fixed), "preset", None)
+        != model_preset
+    )
     if retain is not None and FORGET_FIELD not in field_names:  # code-LM methods read code files
         from erasekit.sources import read_captions
 
@@ -146,6 +158,8 @@ def erase(
     artifact = run_method(
         method_obj, backend, concepts, method_config, seed=seed, default_anchors=default_anchor
     )
+    if preset_from_model:
+        artifact.manifest["preset_from"] = "model"
     try:
         tensor_path = artifact.save(out)
     except OSError as error:

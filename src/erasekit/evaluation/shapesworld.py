@@ -236,19 +236,16 @@ def default_sampling(backend: Any) -> tuple[int, float]:
     """Steps and guidance the model's training manifest recommends, else the world's defaults.
 
     The shipped model (``"shapes"``) and folders trained by ``erasekit world train`` record them under
-    ``"sampling"`` in ``erasekit_manifest.json``.
+    ``"sampling"`` in ``erasekit_manifest.json`` (read by :func:`erasekit.zoo.recommended_sampling`).
     """
-    from erasekit.world.model import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, read_manifest
-    from erasekit.zoo import resolve
+    from erasekit.world.model import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS
+    from erasekit.zoo import recommended_sampling
 
     name = getattr(backend, "name", None)
-    folder = Path(resolve(name)) if isinstance(name, str) else None
-    sampling = {}
-    if folder is not None and folder.is_dir():
-        sampling = read_manifest(folder).get("sampling") or {}
+    sampling = (recommended_sampling(name) if isinstance(name, str) else None) or {}
     return (
-        int(sampling.get("num_inference_steps", DEFAULT_NUM_INFERENCE_STEPS)),
-        float(sampling.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)),
+        int(sampling.get("steps", DEFAULT_NUM_INFERENCE_STEPS)),
+        float(sampling.get("guidance", DEFAULT_GUIDANCE_SCALE)),
     )
 
 
