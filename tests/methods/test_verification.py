@@ -33,6 +33,7 @@ def test_the_original_model_recognises_the_concept_before_and_not_after_an_erasu
         shapes,
         spec,
         samples=12,
+        keep_samples=12,
         keep_concepts=6,
         max_candidates=7,
         timesteps=6,
@@ -44,6 +45,8 @@ def test_the_original_model_recognises_the_concept_before_and_not_after_an_erasu
     assert verifier.erase[0].candidates and "star" not in verifier.erase[0].candidates
     shapes_kind = {"circle", "square", "triangle", "heart", "cross", "ring", "diamond"}
     assert set(verifier.erase[0].candidates) <= shapes_kind
+    # the preservation check looks at the target's own kind first
+    assert [p.concept for p in verifier.keep] == ["circle", "square", "triangle", "heart", "cross", "ring"]
     before = verifier.check(shapes)
     assert before["present"]["star"] >= 0.9 and verifier.baseline_kept >= 0.8
     uce = get_method("uce")

@@ -166,6 +166,8 @@ class FewShotConfig:
     """Largest share of verification samples the original model may still classify as the concept for training to stop."""
     verify_from: float = 1.0
     """With verification on, it starts once the probe loss reaches verify_from × the stopping rule's reference loss (1 = the level of another concept's captions; stop_factor then bounds nothing but the start without verification)."""
+    verify_keep: int = 24
+    """Samples of preserve concepts' prompts at each verification (two per concept, the erased concepts' own kind first; 0 = no preservation check)."""
     verify_keep_drop: float = 0.125
     """Largest drop, against the original model, of the share of preserve concepts' samples the verification still recognises; a check beyond it doubles λ (up to 8× preserve_weight) instead of stopping."""
     verify_every: int = 4
@@ -213,6 +215,7 @@ class FewShotConfig:
             "verify_max": 0.0625,
             "verify_every": 4,
             "restarts": 2,
+            "verify_keep": 24,
             "verify_keep_drop": 0.125,
             "verify_from": 1.0,
         },
@@ -336,7 +339,8 @@ class FewShot:
                 backend,
                 concepts,
                 samples=config.verify,
-                keep_concepts=config.mismatch_concepts,
+                keep_samples=config.verify_keep,
+                keep_concepts=max(1, config.verify_keep // 2),
                 max_candidates=config.mismatch_concepts,
                 timesteps=config.verify_timesteps,
                 steps=steps,
@@ -545,18 +549,52 @@ class FewShot:
                 drift_now = drift()
         return drift_now, shrink
 
-    def _train(self, backend, concepts, config, params, data, generator, rng, verifier) -> dict[str, Any]:
+    @staticmethod
+    def _timestep_weights(backend, concepts, config, data, generator) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(caption gain per slice or None, the draw's weight per slice): ``timestep_mix`` of the
+        informative weighting, the rest uniform."""
         uniform = torch.full((config.timestep_bins,), 1.0 / config.timestep_bins)
-        gains, weights = None, uniform
-        if config.timestep_mix > 0:
-            gains = caption_gains(backend, concepts, data, config.timestep_bins, generator)
-            informative = gains.clamp_min(0)
-            if float(informative.sum()) <= 0:
-                raise ErasekitError(
-                    "The concept's captions do not lower the model's denoising loss at any timestep, so there "
-                    "is nothing for the ascent to unlearn; check the images/captions or pass -o timestep_mix=0."
-                )
-            weights = (1 - config.timestep_mix) * uniform + config.timestep_mix * informative / informative.sum()
+        if config.timestep_mix <= 0:
+            return None, uniform
+        gains = caption_gains(backend, concepts, data, config.timestep_bins, generator)
+        informative = gains.clamp_min(0)
+        if float(informative.sum()) <= 0:
+            raise ErasekitError(
+                "The concept's captions do not lower the model's denoising loss at any timestep, so there "
+                "is nothing for the ascent to unlearn; check the images/captions or pass -o timestep_mix=0."
+            )
+        return gains, (1 - config.timestep_mix) * uniform + config.timestep_mix * informative / informative.sum()
+
+    @staticmethod
+    def _verify(backend, verifier: Verifier, config, step: int, checks: list) -> tuple[bool, bool]:
+        """One check (and its confirmation when it passes), appended to ``checks``: (erased, kept)."""
+        checks.append({"step": step, **verifier.check(backend)})
+        erased = max(checks[-1]["present"].values()) <= config.verify_max
+        kept = kept_enough(verifier, checks[-1], config)
+        if erased and kept:  # confirm on fresh samples: repeated checks invite a lucky pass
+            checks.append({"step": step, "confirm": True, **verifier.check(backend, confirm=True)})
+            erased = max(checks[-1]["present"].values()) <= config.verify_max
+            kept = kept_enough(verifier, checks[-1], config)
+        return erased, kept
+
+    def _optimizer_step(self, optimizer, loss, params, config, drift) -> tuple[float, float, bool]:
+        """Backward, Adam step, then the hard trust region: (drift, step scale, undone)."""
+        before = {n: p.detach().clone() for n, p in params.items()} if config.max_drift > 0 else None
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if before is None:
+            return 0.0, 1.0, False
+        drift_now, shrink = self._backtrack(params, before, config, drift)
+        if drift_now <= config.max_drift:
+            return drift_now, shrink, False
+        with torch.no_grad():  # a step that cannot be brought inside is undone and ends training
+            for n, p in params.items():
+                p.copy_(before[n])
+        return drift_now, shrink, True
+
+    def _train(self, backend, concepts, config, params, data, generator, rng, verifier) -> dict[str, Any]:
+        gains, weights = self._timestep_weights(backend, concepts, config, data, generator)
         probes = self._probe_set(backend, concepts, data, config, generator, weights)
         rule = self._stopping_rule(backend, concepts, config, probes, rng)
         ceiling = rule.pop("ceiling")
@@ -582,7 +620,7 @@ class FewShot:
         n_images = sum(item["latents"].shape[0] for item in data)
         steps = config.epochs * math.ceil(n_images / config.batch_size)
         pool = [(k, i) for k, item in enumerate(data) for i in range(item["latents"].shape[0])]
-        history, stopped, loss_now, drift_now = [], "steps", rule["probe_loss_initial"], 0.0
+        history, stopped, loss_now = [], "steps", rule["probe_loss_initial"]
         weight, loss_checked = config.preserve_weight, loss_now
         stall = config.stall_fraction * (ceiling - loss_now) if math.isfinite(ceiling) else 0.0
         order: list[tuple[int, int]] = []
@@ -597,13 +635,7 @@ class FewShot:
                     stopped = "loss_bound"
                     break
                 if step >= next_check:
-                    checks.append({"step": step, **verifier.check(backend)})
-                    erased = max(checks[-1]["present"].values()) <= config.verify_max
-                    kept = kept_enough(verifier, checks[-1], config)
-                    if erased and kept:  # confirm on fresh samples: repeated checks invite a lucky pass
-                        checks.append({"step": step, "confirm": True, **verifier.check(backend, confirm=True)})
-                        erased = max(checks[-1]["present"].values()) <= config.verify_max
-                        kept = kept_enough(verifier, checks[-1], config)
+                    erased, kept = self._verify(backend, verifier, config, step, checks)
                     if erased and kept:
                         stopped = "verified"
                         break
@@ -618,22 +650,11 @@ class FewShot:
             loss, ascent = self._batch_loss(
                 backend, concepts, config, data, batch, (prompts, reference, norm), weight, weights, generator, rng
             )
-            before = {n: p.detach().clone() for n, p in params.items()} if config.max_drift > 0 else None
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            shrink = 1.0
-            if before is not None:
-                drift_now, shrink = self._backtrack(params, before, config, drift)
-                if drift_now > config.max_drift:  # a step that cannot be brought inside ends training
-                    with torch.no_grad():
-                        for n, p in params.items():
-                            p.copy_(before[n])
-                    stopped = "trust_region"
-                    history.append(
-                        {"step": step, "train_loss": ascent.item(), "drift": drift_now, "undone": True}
-                    )
-                    break
+            drift_now, shrink, undone = self._optimizer_step(optimizer, loss, params, config, drift)
+            if undone:
+                stopped = "trust_region"
+                history.append({"step": step, "train_loss": ascent.item(), "drift": drift_now, "undone": True})
+                break
             if (step + 1) % config.check_every == 0 or step in (steps - 1, steps + relax - 1):
                 loss_now = self._probe_loss(backend, probes)
                 if step >= steps and loss_now - loss_checked < stall:  # past the cap, stalled: relax λ
@@ -653,10 +674,11 @@ class FewShot:
             checks.append({"step": step + 1, **verifier.check(backend)})
         for p in params.values():
             p.requires_grad_(False)
+        run = sum(1 for h in history if not h.get("undone"))
         return {
-            "steps_run": sum(1 for h in history if not h.get("undone")),
+            "steps_run": run,
             "steps_max": steps,
-            "relax_steps_run": max(0, sum(1 for h in history if not h.get("undone")) - steps),
+            "relax_steps_run": max(0, run - steps),
             "stopped_by": stopped,
             **rule,
             "probe_loss_final": loss_now,

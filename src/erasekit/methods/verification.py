@@ -60,8 +60,10 @@ class Verifier:
     Args:
         backend: The model (its current text encoder is the original when the verifier is built).
         concepts: The spec: targets to check, preserve concepts to keep.
-        samples: Samples per target (and in all over the preserve concepts) at each check.
-        keep_concepts: Most preserve concepts checked (a seeded sample).
+        samples: Samples per target at each check.
+        keep_samples: Samples over all the preserve concepts checked, at each check.
+        keep_concepts: Most preserve concepts checked: those of the targets' kind first, then a seeded
+            sample of the rest.
         max_candidates: Most alternatives per classification.
         timesteps: Stratified timesteps the classifier sums the loss over.
         steps, guidance: Sampler settings of the samples.
@@ -73,6 +75,7 @@ class Verifier:
         concepts: ConceptSpec,
         *,
         samples: int,
+        keep_samples: int,
         keep_concepts: int,
         max_candidates: int,
         timesteps: int,
@@ -91,8 +94,13 @@ class Verifier:
             if others:
                 self.erase.append(_Probe(concept, others, _prompts(source, concepts, concept, samples, rng), []))
         self.keep: list[_Probe] = []
-        kept = rng.sample(preserve, keep_concepts) if len(preserve) > keep_concepts else list(preserve)
-        per = max(1, samples // max(1, len(kept)))
+        # the targets' own kind first (where an erasure's collateral concentrates), then a seeded sample
+        near = [c for t in targets for c in source.same_kind_concepts(t) if c in preserve]
+        near = list(dict.fromkeys(near))[:keep_concepts]
+        far = [c for c in preserve if c not in near]
+        room = keep_concepts - len(near)
+        kept = near + (rng.sample(far, room) if len(far) > room else far) if keep_samples > 0 else []
+        per = max(1, keep_samples // max(1, len(kept)))
         for concept in kept:
             # a damaged concept may now look like the erased one: targets are always candidates
             pool = [c for c in preserve if c != concept]
