@@ -430,3 +430,19 @@ def test_entry_point_prints_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "Traceback" not in result.stderr and "unknown method" in result.stderr.lower()
+
+
+def test_erase_on_a_shapesworld_model_uses_its_preset_unless_one_is_named(tmp_path):
+    """The model recommends `shapesworld`; the manifest records the preset and that it came from the model."""
+    import json
+
+    out = tmp_path / "star"
+    result = invoke("erase", "uce", "--model", "shapes", "--concept", "star", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["config"]["preset"] == "shapesworld" and manifest["preset_from"] == "model"
+    named = tmp_path / "star-paper"
+    result = invoke("erase", "uce", "--model", "shapes", "--concept", "star", "-o", "preset=paper", "--out", named)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(named.with_suffix(".json").read_text())
+    assert manifest["config"]["preset"] == "paper" and "preset_from" not in manifest

@@ -208,7 +208,7 @@ def test_verification_decides_stop_continue_and_restart(tiny_backend, monkeypatc
         tiny_backend,
         quick
         + ["lr=1e-2", "epochs=3", "relax_steps=0", "stop_rule=initial", "stop_factor=1e-6", "verify=2"]
-        + ["verify_every=1", "verify_timesteps=1", "restarts=1", "preserve_weight=1"],
+        + ["verify_every=1", "verify_backoff=1", "verify_timesteps=1", "restarts=1", "preserve_weight=1"],
     )
     training = artifact.manifest["training"]
     assert training["verification"]["erase"] == {"cat": ["dog"]}

@@ -71,7 +71,7 @@ What the public code lacks is added here:
 
 Defaults are tuned on ShapesWorld (a 3-layer, width-128 encoder trained from scratch): lr 3e-3,
 batch 4, up to 40 steps (+ 40 relaxed), the probe every 2 steps, 8 penalty prompts per step, 16
-verification samples every 4 steps, 2 restarts; the paper's SD 1.5 settings are lr 1e-5, batch 2,
+verification samples 4 steps after the loss reaches the reference (intervals then ×1.5), 1 restart; the paper's SD 1.5 settings are lr 1e-5, batch 2,
 5 epochs of ~4 images, plain ascent without stopping rule, verification or restarts
 (``-o preset=paper``). On a real model each verification costs ``2 × verify`` samples plus
 ``verify_timesteps × (1 + alternatives)`` UNet passes per sample: lower ``verify`` or set it to 0.
@@ -171,8 +171,10 @@ class FewShotConfig:
     verify_keep_drop: float = 0.125
     """Largest drop, against the original model, of the share of preserve concepts' samples the verification still recognises; a check beyond it doubles λ (up to 8× preserve_weight) instead of stopping."""
     verify_every: int = 4
-    """Steps between two verifications while the concept is still recognised."""
-    restarts: int = 2
+    """Steps between the first two verifications while the concept is still recognised."""
+    verify_backoff: float = 1.5
+    """Growth of the interval between verifications after each that did not pass (1 = every verify_every steps): bounds their cost for a concept that stays recognised (on ShapesWorld, 20 checks at a fixed interval made circle's three attempts take over 15 minutes)."""
+    restarts: int = 1
     """Fresh attempts (original weights, new images and batch order) when one ends at the step cap with the concept still recognised by the verification; the attempt recognised least is kept."""
     verify_timesteps: int = 8
     """Timesteps (stratified over the schedule, fixed noise) the verifying classifier sums the loss over."""
@@ -214,7 +216,8 @@ class FewShotConfig:
             "verify": 16,
             "verify_max": 0.0625,
             "verify_every": 4,
-            "restarts": 2,
+            "verify_backoff": 1.5,
+            "restarts": 1,
             "verify_keep": 24,
             "verify_keep_drop": 0.125,
             "verify_from": 1.0,
@@ -246,6 +249,7 @@ class FewShotConfig:
         require(self.verify >= 0, "verify must be >= 0 (0 turns the verification off).")
         require(0 <= self.verify_max < 1, "verify_max must be in [0, 1).")
         require(self.verify_every >= 1, "verify_every must be at least 1.")
+        require(self.verify_backoff >= 1, "verify_backoff must be >= 1 (1 = a fixed interval).")
         require(self.verify_from > 0, "verify_from must be positive.")
         require(0 <= self.verify_keep_drop <= 1, "verify_keep_drop must be in [0, 1].")
         require(self.restarts >= 0, "restarts must be >= 0.")
@@ -627,7 +631,7 @@ class FewShot:
         relax = config.relax_steps if math.isfinite(ceiling) and config.preserve_weight > 0 else 0
         verifier = verifier if math.isfinite(ceiling) else None
         checks: list[dict[str, Any]] = []
-        next_check = 0
+        next_check, interval = 0, 0
         start = ceiling if verifier is None else ceiling / config.stop_factor * config.verify_from
         for step in range(steps + relax):
             if loss_now >= start:
@@ -641,7 +645,9 @@ class FewShot:
                         break
                     if not kept:  # the rest is being damaged: tighten the trust region (dual ascent on λ)
                         weight = min(weight * 2, config.preserve_weight * 8)
-                    next_check = step + config.verify_every
+                    # back off: a concept far from gone need not be sampled every few steps
+                    next_check = step + math.ceil(config.verify_every * config.verify_backoff ** interval)
+                    interval += 1
             if len(order) < config.batch_size:
                 shuffled = pool[:]
                 rng.shuffle(shuffled)
