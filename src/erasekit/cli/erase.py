@@ -129,17 +129,12 @@ def erase(
         fixed[FORGET_FIELD] = str(forget)
     from erasekit.zoo import recommended_preset
 
-    model_preset = recommended_preset(model)
+    as_given = build_config(method_obj.config_cls, config, override or [], **fixed)
     method_config = build_config(
-        method_obj.config_cls, config, override or [], model_preset=model_preset, **fixed
+        method_obj.config_cls, config, override or [], model_preset=recommended_preset(model), **fixed
     )
-    # the model's preset applied only where the user named none: record where the values came from
-    preset_from_model = (
-        model_preset is not None
-        and getattr(method_config, "preset", None) == model_preset
-        and getattr(build_config(method_obj.config_cls, config, override or [], **fixed), "preset", None)
-        != model_preset
-    )
+    # the model's preset applies only where the user named none: record where the values came from
+    preset_from_model = getattr(method_config, "preset", None) != getattr(as_given, "preset", None)
     if retain is not None and FORGET_FIELD not in field_names:  # code-LM methods read code files
         from erasekit.sources import read_captions
 

@@ -449,8 +449,7 @@ class FewShot:
             if item.get("captions"):
                 captions = [item["captions"][int(i)][0] for i in idx]
             else:
-                prompts = concepts.prompts(item["concept"])
-                captions = [prompts[i % len(prompts)] for i in range(config.probes)]
+                captions = [rng_choice(concepts.prompts(item["concept"]), i) for i in range(config.probes)]
             probes.append(
                 {
                     "x_t": backend.add_noise(x0, noise, t),
@@ -754,8 +753,7 @@ def caption_gains(
             if item["captions"]:
                 captions.append(item["captions"][i][0])
             else:
-                prompts = concepts.prompts(item["concept"])
-                captions.append(prompts[i % len(prompts)])
+                captions.append(rng_choice(concepts.prompts(item["concept"]), i))
     cond, uncond = backend.encode_prompts(captions), backend.encode_prompts([""] * len(captions))
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     total = backend.num_train_timesteps
