@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gc
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config
 from erasekit.errors import ErasekitError
 from erasekit.methods import run_method
-from erasekit.methods.esd import ESD, ESDConfig, esd_target, paper_eta
+from erasekit.methods.esd import ESD, ESDConfig, erase_prompts, esd_target, paper_eta
 
 STAR = ConceptSpec.from_lists(["star"])
 
@@ -117,6 +118,73 @@ def test_anchor_or_preserve_is_a_user_error(tiny_backend, spec):
         ESD().erase(tiny_backend, spec, ESDConfig(iterations=1))
 
 
+def test_preserve_without_the_retain_term_says_how_to_keep_it(tiny_backend):
+    spec = ConceptSpec.from_lists(["star"], preserve=["circle"])
+    with pytest.raises(ErasekitError, match="retain_weight=1"):
+        ESD().erase(tiny_backend, spec, ESDConfig(iterations=1))
+
+
+def test_retain_term_without_retain_prompts_is_a_user_error(tiny_backend):
+    with pytest.raises(ErasekitError, match="--retain FILE"):
+        ESD().erase(tiny_backend, STAR, ESDConfig(iterations=1, retain_weight=1.0))
+
+
+def _retain_drift(backend, artifact, cache) -> float:
+    """Relative change of the model's prediction on the cached retain states once ``artifact`` applies."""
+    with torch.no_grad():
+        apply(artifact, backend)
+        try:
+            after = backend.predict_noise(cache["x"], cache["t"], cache["conds"][cache["owner"]])
+        finally:
+            revert(backend)
+    return float((after - cache["target"]).norm() / cache["target"].norm())
+
+
+def test_retain_term_holds_the_retain_prompts(tiny_backend):
+    # The same run (seed, iterations, lr) with and without the retain term: with it, the retain
+    # prompts' predictions move far less, and preserve prompts join the retain pool.
+    spec = replace(
+        ConceptSpec.from_lists(["star"], preserve=["circle"]), retain=("a red square", "a blue ring")
+    )
+    base = ["iterations=30", "ddim_steps=3", "lr=1e-3", "retain_batch=6"]
+    held = run_method(
+        ESD(),
+        tiny_backend,
+        spec,
+        build_config(ESDConfig, None, [*base, "retain_weight=20"]),
+        seed=0,
+        complete=False,
+    )
+    training = held.manifest["training"]
+    # the pool (2 retain prompts + circle in every template) is under retain_prompts=16: all of it
+    assert sorted(training["retain_prompts"]) == sorted(
+        ["a red square", "a blue ring", *spec.prompts("circle")]
+    )
+    assert len(training["retain_loss"]) == 30
+    free = run_method(ESD(), tiny_backend, STAR, build_config(ESDConfig, None, base), seed=0, complete=False)
+    cache = ESD._retain_cache(
+        tiny_backend, spec, build_config(ESDConfig, None, base), torch.Generator().manual_seed(0)
+    )
+    assert _retain_drift(tiny_backend, held, cache) < 0.5 * _retain_drift(tiny_backend, free, cache)
+
+
+def test_templates_prompts_train_on_every_template(tiny_backend, monkeypatch):
+    seen: list[str] = []
+    encode = tiny_backend.encode_prompts
+
+    def recording_encode(prompts):
+        seen.extend(prompts)
+        return encode(prompts)
+
+    monkeypatch.setattr(tiny_backend, "encode_prompts", recording_encode)
+    spec = ConceptSpec.from_lists(["star"], templates=["a {} on grass", "two {} toys"])
+    ESD().erase(tiny_backend, spec, ESDConfig(iterations=1, ddim_steps=1, prompts="templates"))
+    assert {"a star on grass", "two star toys"} <= set(seen) and "star" not in seen
+    # each is guided away from its own caption without the concept
+    assert erase_prompts(spec, "templates") == [("a star on grass", "on grass"), ("two star toys", "two toys")]
+    assert erase_prompts(spec, "concept") == [("star", "")]
+
+
 def test_reference_convention_is_the_papers_eta_plus_one():
     # esd_sd.py's target ε_c − g (ε_c − ε_∅), written out, equals eq. 3 with η = g − 1
     eps_uncond, eps_concept = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 1.0])
@@ -157,7 +225,20 @@ def test_trajectory_from_the_original_model_leaves_the_model_unchanged(tiny_back
 
 
 @pytest.mark.parametrize(
-    "override", ["iterations=0", "lr=0", "lr=-1e-5", "eta=0", "eta=-1", "variant=z", "ddim_steps=0"]
+    "override",
+    [
+        "iterations=0",
+        "lr=0",
+        "lr=-1e-5",
+        "eta=0",
+        "eta=-1",
+        "variant=z",
+        "ddim_steps=0",
+        "retain_weight=-1",
+        "retain_prompts=0",
+        "retain_batch=0",
+        "prompts=words",
+    ],
 )
 def test_bad_config_is_a_user_error(override):
     with pytest.raises(ErasekitError):

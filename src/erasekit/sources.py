@@ -218,6 +218,15 @@ def packaged_captions() -> CaptionSource:
     return CaptionSource(captions, name="coco-captions", origin="erasekit/data/coco_captions.txt")
 
 
+def prompts_naming(
+    source: DataSource, concept: str, templates: Sequence[str], n: int, *, seed: int = 0
+) -> list[str]:
+    """Prompts that name ``concept`` the way the model is prompted: up to ``n`` of the source's own
+    captions of it, else ``concept`` in each of ``templates`` (a target's templates can make nonsense
+    of a concept of another kind: "a {} square" with "heart" in it)."""
+    return source.concept_prompts(concept, n, seed=seed) or [t.format(concept) for t in templates]
+
+
 def source_of(backend: Any) -> DataSource:
     """The backend's data source (an empty one when the model came without any)."""
     source = getattr(backend, "data_source", None)

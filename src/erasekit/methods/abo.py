@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from erasekit.artifacts import Artifact
 from erasekit.concepts import ConceptSpec, without_concept
 from erasekit.methods.base import require
-from erasekit.methods.training import TrainedParameters
+from erasekit.methods.training import TrainedParameters, predictions, trajectory_states
+from erasekit.sources import prompts_naming, source_of
 
 
 @dataclass(frozen=True)
@@ -109,24 +110,6 @@ class AllButOneConfig:
         require(self.sample_steps >= 1, "sample_steps must be at least 1.")
         require(self.guidance >= 1, "guidance must be at least 1.")
         require(self.max_preserve_prompts >= 0, "max_preserve_prompts must be >= 0.")
-
-
-@torch.no_grad()
-def trajectory_states(
-    backend: Any, prompts: list[str], seeds: list[int], steps: int, guidance: float
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Every intermediate DDIM state of each (prompt, seed): latents [N·steps, ...], timesteps, prompt index."""
-    cond = backend.encode_prompts(prompts)
-    uncond = backend.encode_prompts([""] * len(prompts))
-    latents = backend.initial_latents(seeds)
-    timesteps = backend.sampling_timesteps(steps)
-    states, ts, owners = [], [], []
-    for k in range(steps):
-        states.append(latents)
-        ts.append(torch.full((len(prompts),), int(timesteps[k]), dtype=torch.long))
-        owners += list(range(len(prompts)))
-        latents = backend.denoise(latents, cond, uncond, steps=steps, guidance=guidance, start=k, stop=k + 1)
-    return torch.cat(states), torch.cat(ts).to(latents.device), owners
 
 
 def predict_pair(backend: Any, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor):
@@ -207,7 +190,14 @@ class AllButOne:
             prompts=[target_prompts[i] for i in target_set["owner"]], eps_uncond=eps_uncond, g_teacher=g_alt
         )
 
-        preserve_prompts = [p for c in concepts.preserve for p in concepts.prompts(c)]
+        # Each preserve concept as the model is prompted with it (the source's captions of it, else
+        # the templates: the target's templates can make nonsense of another kind, "a {} square").
+        source, n = source_of(backend), len(concepts.templates)
+        preserve_prompts = [
+            p
+            for c in concepts.preserve
+            for p in prompts_naming(source, c, concepts.templates, n, seed=rng.randrange(2**31 - 1))
+        ]
         rng.shuffle(preserve_prompts)
         preserve_prompts = preserve_prompts[: config.max_preserve_prompts]
         preserve_set = None
@@ -229,15 +219,10 @@ class AllButOne:
         return {"x": x, "t": t, "owner": [all_owners[i] for i in idx]}
 
     @staticmethod
-    def _eps(backend, states: dict, cond: torch.Tensor | None, chunk: int = 64) -> torch.Tensor:
-        n = states["x"].shape[0]
+    def _eps(backend, states: dict, cond: torch.Tensor | None) -> torch.Tensor:
         if cond is None:
-            cond = backend.encode_prompts([""]).expand(n, -1, -1)
-        out = [
-            backend.predict_noise(states["x"][i : i + chunk], states["t"][i : i + chunk], cond[i : i + chunk])
-            for i in range(0, n, chunk)
-        ]
-        return torch.cat(out)
+            cond = backend.encode_prompts([""]).expand(states["x"].shape[0], -1, -1)
+        return predictions(backend, states["x"], states["t"], cond)
 
     # -- training
     def _train(self, backend, config, params, target_set, preserve_set, generator) -> dict[str, Any]:

@@ -197,13 +197,22 @@ def require(condition: bool, message: str) -> None:
         raise ErasekitError(message)
 
 
-def require_no_anchor_or_preserve(concepts: ConceptSpec, method: str, alternative: str = "") -> None:
-    """Refuse anchors and preserve concepts for a method whose objective erases towards the
-    unconditional prediction with no preserve term (ESD, Co-Erasing)."""
+def require_no_anchor_or_preserve(
+    concepts: ConceptSpec,
+    method: str,
+    alternative: str = "",
+    *,
+    allow_preserve: bool = False,
+    preserve_advice: str = "",
+) -> None:
+    """Refuse anchors, and (unless ``allow_preserve``) preserve concepts, for a method whose objective
+    erases towards the unconditional prediction with no preserve term (ESD, Co-Erasing).
+    ``preserve_advice`` replaces the default "drop --preserve" advice."""
     hint = f" (or use {alternative})" if alternative else ""
     if any(t.anchor is not None for t in concepts.targets):
         raise ErasekitError(
             f"{method} erases towards the unconditional prediction and takes no anchor; drop --anchor{hint}."
         )
-    if concepts.preserve:
-        raise ErasekitError(f"{method} has no preserve set in its objective; drop --preserve{hint}.")
+    if concepts.preserve and not allow_preserve:
+        advice = preserve_advice or f"drop --preserve{hint}"
+        raise ErasekitError(f"{method} has no preserve set in its objective; {advice}.")

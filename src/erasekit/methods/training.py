@@ -10,12 +10,16 @@ when training fails) — so it lives here once::
         artifact = trained.delta_artifact(name)  # Δ = trained − original, changed tensors only
     # here every parameter holds its original value again, requires_grad off, no .grad left
 
+:func:`trajectory_states` is the other shared piece: the DDIM states a model visits for some prompts,
+the inputs of the teacher caches (All-but-One's guidance terms, ESD's retain term).
+
 Imports torch only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,3 +67,35 @@ class TrainedParameters:
                 p.requires_grad_(False)
                 p.grad = None
         torch.set_grad_enabled(self._grad_mode)
+
+
+@torch.no_grad()
+def trajectory_states(
+    backend: Any, prompts: list[str], seeds: list[int], steps: int, guidance: float, size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Every intermediate DDIM state of each (prompt, seed), sampled by the backend's current weights
+    with classifier-free ``guidance``: latents [N·steps, ...], their timesteps, and each state's prompt
+    index. ``size``: image side in pixels (None = the model's default)."""
+    cond = backend.encode_prompts(prompts)
+    uncond = backend.encode_prompts([""] * len(prompts))
+    latents = backend.initial_latents(seeds, size=size)
+    timesteps = backend.sampling_timesteps(steps)
+    states, ts, owners = [], [], []
+    for k in range(steps):
+        states.append(latents)
+        ts.append(torch.full((len(prompts),), int(timesteps[k]), dtype=torch.long))
+        owners += list(range(len(prompts)))
+        latents = backend.denoise(latents, cond, uncond, steps=steps, guidance=guidance, start=k, stop=k + 1)
+    return torch.cat(states), torch.cat(ts).to(latents.device), owners
+
+
+def predictions(
+    backend: Any, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, chunk: int = 64
+) -> torch.Tensor:
+    """``backend.predict_noise`` over states ``x`` at timesteps ``t`` with per-state ``cond``, in chunks."""
+    return torch.cat(
+        [
+            backend.predict_noise(x[i : i + chunk], t[i : i + chunk], cond[i : i + chunk])
+            for i in range(0, x.shape[0], chunk)
+        ]
+    )
