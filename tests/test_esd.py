@@ -181,7 +181,10 @@ def test_templates_prompts_train_on_every_template(tiny_backend, monkeypatch):
     ESD().erase(tiny_backend, spec, ESDConfig(iterations=1, ddim_steps=1, prompts="templates"))
     assert {"a star on grass", "two star toys"} <= set(seen) and "star" not in seen
     # each is guided away from its own caption without the concept
-    assert erase_prompts(spec, "templates") == [("a star on grass", "on grass"), ("two star toys", "two toys")]
+    assert erase_prompts(spec, "templates") == [
+        ("a star on grass", "on grass"),
+        ("two star toys", "two toys"),
+    ]
     assert erase_prompts(spec, "concept") == [("star", "")]
 
 
