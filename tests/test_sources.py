@@ -17,6 +17,7 @@ from erasekit.sources import (
     caption_file,
     complete_spec,
     packaged_captions,
+    prompts_naming,
     read_captions,
 )
 from erasekit.world.source import ShapesWorldSource
@@ -179,3 +180,29 @@ def test_run_method_records_the_completed_spec_and_the_source(tiny_backend):
     assert raw.manifest["concepts"]["preserve"] == [] and raw.manifest["concepts"]["completed"] == []
     # the preserve set changes UCE's solve: the two edits differ
     assert any(not (artifact.tensors[k] == raw.tensors[k]).all() for k in artifact.tensors)
+
+
+def test_prompts_naming_uses_the_sources_captions_else_the_templates():
+    # A target's templates put a shape into a colour slot ("a {} square": "a heart square"); the
+    # source's own captions name the concept the way the model was trained on it.
+    captions = prompts_naming(ShapesWorldSource(), "heart", ["a {} square"], 5, seed=3)
+    assert len(captions) == 5 and all("heart" in c and "square" not in c for c in captions)
+    assert prompts_naming(DataSource(), "heart", ["a {} square", "{}"], 5) == ["a heart square", "heart"]
+
+
+def test_esd_retain_selection_takes_the_neighbours_first_then_retain_prompts():
+    import torch
+
+    from erasekit.methods.esd import retain_selection
+
+    source = ShapesWorldSource()
+    spec = ConceptSpec.from_lists(["yellow"], preserve=source.related_concepts("yellow"))
+    spec = complete_spec(spec, source)
+    chosen = retain_selection(spec, 16, torch.Generator().manual_seed(0), source)
+    neighbours, retain = chosen[:8], chosen[8:]
+    # one caption of each other colour (the same kind: listed first) before any other concept's
+    assert [next(c for c in spec.preserve if c in p.split()) for p in neighbours[:7]] == list(
+        spec.preserve[:7]
+    )
+    assert all(p in spec.retain for p in retain) and len(retain) == 8
+    assert not any("yellow" in p.split() for p in chosen)

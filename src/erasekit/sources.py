@@ -219,12 +219,22 @@ def packaged_captions() -> CaptionSource:
 
 
 def prompts_naming(
-    source: DataSource, concept: str, templates: Sequence[str], n: int, *, seed: int = 0
+    source: DataSource,
+    concept: str,
+    templates: Sequence[str],
+    n: int,
+    *,
+    avoid: Sequence[str] = (),
+    seed: int = 0,
 ) -> list[str]:
     """Prompts that name ``concept`` the way the model is prompted: up to ``n`` of the source's own
-    captions of it, else ``concept`` in each of ``templates`` (a target's templates can make nonsense
-    of a concept of another kind: "a {} square" with "heart" in it)."""
-    return source.concept_prompts(concept, n, seed=seed) or [t.format(concept) for t in templates]
+    captions of it that name none of ``avoid`` (the concepts being erased: a caption of "star" may
+    well be "a red star", which must not be kept while erasing red), else ``concept`` in each of
+    ``templates`` (a target's templates can make nonsense of a concept of another kind: "a {} square"
+    with "heart" in it)."""
+    captions = source.concept_prompts(concept, 4 * n, seed=seed)
+    kept = [c for c in captions if not any(has_word(c, word) for word in avoid)][:n]
+    return kept or [t.format(concept) for t in templates]
 
 
 def source_of(backend: Any) -> DataSource:

@@ -192,11 +192,13 @@ class AllButOne:
 
         # Each preserve concept as the model is prompted with it (the source's captions of it, else
         # the templates: the target's templates can make nonsense of another kind, "a {} square").
-        source, n = source_of(backend), len(concepts.templates)
+        source, n, avoid = source_of(backend), len(concepts.templates), concepts.erase_texts
         preserve_prompts = [
             p
             for c in concepts.preserve
-            for p in prompts_naming(source, c, concepts.templates, n, seed=rng.randrange(2**31 - 1))
+            for p in prompts_naming(
+                source, c, concepts.templates, n, avoid=avoid, seed=rng.randrange(2**31 - 1)
+            )
         ]
         rng.shuffle(preserve_prompts)
         preserve_prompts = preserve_prompts[: config.max_preserve_prompts]

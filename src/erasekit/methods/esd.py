@@ -199,7 +199,14 @@ def retain_selection(
     per_concept = []
     for concept in concepts.preserve:  # each concept's prompts in random order
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
-        prompts = prompts_naming(source, concept, concepts.templates, len(concepts.templates), seed=seed)
+        prompts = prompts_naming(
+            source,
+            concept,
+            concepts.templates,
+            len(concepts.templates),
+            avoid=concepts.erase_texts,
+            seed=seed,
+        )
         per_concept.append([prompts[i] for i in torch.randperm(len(prompts), generator=generator).tolist()])
     preserve = [p[i] for i in range(max(map(len, per_concept), default=0)) for p in per_concept if i < len(p)]
     retain = [concepts.retain[i] for i in torch.randperm(len(concepts.retain), generator=generator).tolist()]

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from erasekit.concepts import ConceptSpec, swap_word
-from erasekit.sources import source_of
+from erasekit.sources import prompts_naming, source_of
 
 
 @dataclass
@@ -47,11 +47,8 @@ def _alternatives(source: Any, concept: str, pool: list[str], limit: int, rng: r
 
 
 def _prompts(source: Any, concepts: ConceptSpec, concept: str, n: int, rng: random.Random) -> list[str]:
-    prompts = source.concept_prompts(concept, n, seed=rng.randrange(2**31))
-    if not prompts:
-        templates = concepts.prompts(concept)
-        prompts = [templates[i % len(templates)] for i in range(n)]
-    return prompts
+    prompts = prompts_naming(source, concept, concepts.templates, n, seed=rng.randrange(2**31))
+    return prompts if len(prompts) >= n else [prompts[i % len(prompts)] for i in range(n)]
 
 
 class Verifier:
@@ -92,7 +89,9 @@ class Verifier:
         for concept in targets:
             others = _alternatives(source, concept, preserve, max_candidates, rng)
             if others:
-                self.erase.append(_Probe(concept, others, _prompts(source, concepts, concept, samples, rng), []))
+                self.erase.append(
+                    _Probe(concept, others, _prompts(source, concepts, concept, samples, rng), [])
+                )
         self.keep: list[_Probe] = []
         # the targets' own kind first (where an erasure's collateral concentrates), then a seeded sample
         near = [c for t in targets for c in source.same_kind_concepts(t) if c in preserve]
@@ -111,7 +110,9 @@ class Verifier:
                 self.keep.append(_Probe(concept, others, _prompts(source, concepts, concept, per, rng), []))
         for probe in self.erase + self.keep:
             probe.seeds = [int(torch.randint(2**31 - 1, (1,), generator=generator)) for _ in probe.prompts]
-            probe.confirm_seeds = [int(torch.randint(2**31 - 1, (1,), generator=generator)) for _ in probe.prompts]
+            probe.confirm_seeds = [
+                int(torch.randint(2**31 - 1, (1,), generator=generator)) for _ in probe.prompts
+            ]
             with torch.no_grad():
                 probe.captions = [
                     backend.encode_prompts([swap_word(p, probe.concept, c) for p in probe.prompts])
@@ -162,7 +163,9 @@ class Verifier:
         kept_hits = hits[len(self.erase) :]
         kept = None
         if self.keep:
-            kept = sum(h * len(p.prompts) for h, p in zip(kept_hits, self.keep)) / sum(len(p.prompts) for p in self.keep)
+            kept = sum(h * len(p.prompts) for h, p in zip(kept_hits, self.keep)) / sum(
+                len(p.prompts) for p in self.keep
+            )
         return {"present": present, "kept": kept}
 
     def _own_share(self, backend: Any, x0: torch.Tensor, captions: list[torch.Tensor]) -> float:
@@ -171,7 +174,9 @@ class Verifier:
         generator = torch.Generator().manual_seed(self.noise_seed)
         losses = torch.zeros(len(captions), x0.shape[0])
         for k in range(self.timesteps):
-            t = torch.full((x0.shape[0],), min(int((k + 0.5) / self.timesteps * total), total - 1), dtype=torch.long)
+            t = torch.full(
+                (x0.shape[0],), min(int((k + 0.5) / self.timesteps * total), total - 1), dtype=torch.long
+            )
             t = t.to(x0.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             x_t, target = backend.add_noise(x0, noise, t), backend.training_target(x0, noise, t).float()
