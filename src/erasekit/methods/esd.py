@@ -40,10 +40,10 @@ The paper's objective has no term for what must stay, so erasing one concept als
 neighbours: on the shipped ShapesWorld model (``shapesworld`` preset, only ``--concept``) 6 of 22
 concepts miss the in-domain or erasure bar, orange's in-domain retention is 0.75× base. On those six
 (held-out grid, seed 0), ``retain_weight=1`` alone took orange to IRA 0.95× but UA 0.59. With
-``prompts=templates`` as well and the retain set as it is now, 2 of the 6 met the bar at
-``retain_weight=1`` (red, blue) and 1 at 2 (circle); earlier forms of the retain set met 1–3 of the
-4–6 cells tried, and yellow's IRA stayed at 0.84–0.88× in every variant. So neither option is in a
-preset; see benchmarks/README.md.
+``prompts=templates`` as well and the retain set as it is now, 2 of the 6 met the bar (red, blue);
+other retain sets and weights met 1–3 of the cells tried. Yellow's IRA stayed at 0.84–0.88× in every
+variant: erasing yellow turns orange prompts red or blue (8 of the 9 images it lost, without the
+options, are orange ones). So neither option is in a preset; see benchmarks/README.md.
 
 The frozen teacher costs no second UNet. Training updates the backend's own parameters in place
 (only the targeted ones require grad) and keeps a clone of just those parameters' original values;
