@@ -246,3 +246,27 @@ def test_trajectory_from_the_original_model_leaves_the_model_unchanged(tiny_back
 def test_bad_config_is_a_user_error(override):
     with pytest.raises(ErasekitError):
         build_config(ESDConfig, None, [override])
+
+
+def test_preserve_concepts_are_filled_in_only_for_the_retain_term(tiny_backend):
+    from erasekit.world.source import ShapesWorldSource
+
+    previous, tiny_backend.data_source = getattr(tiny_backend, "data_source", None), ShapesWorldSource()
+    try:
+        plain = run_method(ESD(), tiny_backend, STAR, ESDConfig(iterations=1, ddim_steps=1), seed=0)
+        held = run_method(
+            ESD(), tiny_backend, STAR, ESDConfig(iterations=1, ddim_steps=1, retain_weight=1.0), seed=0
+        )
+    finally:
+        tiny_backend.data_source = previous
+    # the paper's ESD has no preserve term: its manifest lists none
+    assert (
+        plain.manifest["concepts"]["preserve"] == []
+        and "preserve" not in plain.manifest["concepts"]["completed"]
+    )
+    assert "retain_loss" not in plain.manifest["training"]
+    # with the retain term the source's related concepts fill in, the erased one's own kind first
+    preserve = held.manifest["concepts"]["preserve"]
+    assert preserve[:7] == ShapesWorldSource().same_kind_concepts("star")
+    prompts = held.manifest["training"]["retain_prompts"]
+    assert len(prompts) == 32 and not any("star" in p.split() for p in prompts)

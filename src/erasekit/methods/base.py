@@ -147,12 +147,12 @@ def run_method(
         )
     source = source_of(backend)
     # Fill what the user left out (preserve concepts, caption-style templates, retain prompts) from the
-    # model's data source; methods without a preserve term (takes_preserve False) get none filled in.
+    # model's data source; methods without a preserve term (takes_preserve False for this config) get none.
     if complete:
         concepts = complete_spec(
             concepts,
             source,
-            preserve=getattr(method, "takes_preserve", True),
+            preserve=takes_preserve(method, config),
             anchors=default_anchors and getattr(method, "takes_anchor", False),
             seed=seed,
         )
@@ -189,6 +189,13 @@ def run_method(
     )
     cost["wall_seconds"] = round(time.perf_counter() - start_call, 4)
     return artifact
+
+
+def takes_preserve(method: Method, config: Any) -> bool:
+    """Whether ``method`` with ``config`` uses preserve concepts (so run_method fills them in): its
+    ``takes_preserve``, a bool or a function of the config (ESD: only with its retain term)."""
+    takes = getattr(method, "takes_preserve", True)
+    return bool(takes(config)) if callable(takes) else bool(takes)
 
 
 def require(condition: bool, message: str) -> None:

@@ -237,10 +237,13 @@ class ESD:
     paper: ClassVar[str] = (
         "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023 (arXiv 2303.07345)"
     )
-    # The paper's objective has no preserve term; the retain term (retain_weight > 0) uses preserve
-    # concepts' prompts. run_method fills them from the data source; without the retain term those
-    # filled in are unused (a --preserve the user gave is refused).
-    takes_preserve: ClassVar[bool] = True
+
+    @staticmethod
+    def takes_preserve(config: ESDConfig) -> bool:
+        """The paper's objective has no preserve term; the retain term (retain_weight > 0) uses the
+        preserve concepts' prompts, so only then does run_method fill them in from the data source."""
+        return config.retain_weight > 0
+
     config_cls: ClassVar[type] = ESDConfig
     smoke_overrides: ClassVar[tuple[str, ...]] = ("iterations=2", "ddim_steps=4", "lr=1e-3")
     # ConceptSpec.from_lists arguments for the conformance suite: ESD takes no anchor or preserve set.
@@ -258,7 +261,7 @@ class ESD:
             concepts,
             "ESD",
             "uce",
-            allow_preserve=config.retain_weight > 0 or "preserve" in concepts.completed,
+            allow_preserve=config.retain_weight > 0,
             preserve_advice="drop --preserve, or add -o retain_weight=1 to keep them with the retain term",
         )
         # Everything random comes from the run's generator (run_method seeds it with --seed).
