@@ -442,7 +442,29 @@ def test_erase_on_a_shapesworld_model_uses_its_preset_unless_one_is_named(tmp_pa
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["config"]["preset"] == "shapesworld" and manifest["preset_from"] == "model"
     named = tmp_path / "star-paper"
-    result = invoke("erase", "uce", "--model", "shapes", "--concept", "star", "-o", "preset=paper", "--out", named)
+    result = invoke(
+        "erase", "uce", "--model", "shapes", "--concept", "star", "-o", "preset=paper", "--out", named
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads(named.with_suffix(".json").read_text())
     assert manifest["config"]["preset"] == "paper" and "preset_from" not in manifest
+
+
+def test_erase_summary_says_when_a_self_checking_method_did_not_verify():
+    from erasekit.cli.erase import _human
+
+    summary = {
+        "concepts": ["circle"],
+        "method": "fewshot",
+        "seconds": 1.0,
+        "peak_memory_bytes": 2**20,
+        "artifact": "runs/c.safetensors",
+        "artifact_bytes": 2**20,
+        "edited_parameters": 3,
+        "adapters": 0,
+        "hooks": 0,
+        "manifest": "runs/c.json",
+    }
+    assert "not verified" not in _human(summary)
+    assert "not verified" not in _human({**summary, "verified": True})
+    assert "not verified" in _human({**summary, "verified": False})

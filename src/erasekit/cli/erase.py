@@ -179,6 +179,10 @@ def erase(
         "data_source": artifact.manifest.get("data_source", {}).get("name"),
         "completed_from_source": artifact.manifest["concepts"].get("completed", []),
     }
+    training = artifact.manifest.get("training")
+    if isinstance(training, dict) and (training.get("verification") or {}).get("checks"):
+        # a method that checks its own erasure (fewshot) says when no attempt passed the check
+        summary["verified"] = training.get("stopped_by") == "verified"
     emit(summary, as_json, _human)
 
 
@@ -192,6 +196,12 @@ def _human(s: dict) -> str:
         + (
             f"\nfrom the model's data source ({s['data_source']}): {', '.join(s['completed_from_source'])}"
             if s.get("completed_from_source")
+            else ""
+        )
+        + (
+            "\nnot verified: after every attempt the original model still recognised the concept in the"
+            " check's samples, so the erasure may be partial; evaluate it, or raise -o epochs"
+            if s.get("verified") is False
             else ""
         )
     )
