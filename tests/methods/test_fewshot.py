@@ -216,8 +216,10 @@ def test_verification_decides_stop_continue_and_restart(tiny_backend, monkeypatc
     if present == 0.0 and kept == 1.0:
         assert training["stopped_by"] == "verified" and training["steps_run"] == 0
         assert [a["stopped_by"] for a in attempts] == ["verified"]
+        assert training["verified"] is True
     else:
         assert [a["stopped_by"] for a in attempts] == ["steps", "steps"]  # one restart, both to the cap
+        assert training["verified"] is False  # what `erasekit erase` reports as "not verified"
         assert training["steps_run"] == training["steps_max"] == 3
         expected = 1.0 * 2**3 if kept < 1.0 else 1.0  # doubled at each of the 3 checks, else untouched
         assert training["preserve_weight_final"] == expected

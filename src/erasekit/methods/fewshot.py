@@ -691,6 +691,8 @@ class FewShot:
             "loss_ceiling": ceiling if math.isfinite(ceiling) else None,
             "image_source": sorted({item["source"] for item in data}),
             "verification": None if verifier is None else {**verifier.describe(), "checks": checks},
+            # None: nothing was checked (no verifier, or the bound never reached); the CLI reports False
+            "verified": None if not checks else stopped == "verified",
             "timestep_weights": [round(float(w), 6) for w in weights],
             "caption_gain": None if gains is None else [round(float(g), 6) for g in gains],
             "history": history,
