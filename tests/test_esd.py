@@ -14,7 +14,15 @@ from erasekit.concepts import ConceptSpec
 from erasekit.config import build_config
 from erasekit.errors import ErasekitError
 from erasekit.methods import run_method
-from erasekit.methods.esd import ESD, ESDConfig, erase_prompts, esd_target, paper_eta
+from erasekit.methods.esd import (
+    ESD,
+    ESDConfig,
+    erase_prompts,
+    esd_target,
+    keep_preserved,
+    paper_eta,
+    row_covariance,
+)
 
 STAR = ConceptSpec.from_lists(["star"])
 
@@ -33,7 +41,9 @@ def test_loss_decreases(tiny_backend):
     assert sum(loss[-4:]) < 0.5 * sum(loss[:4])
 
 
-@pytest.mark.parametrize(("variant", "target"), [("x", "cross_attn"), ("u", "unet_non_cross")])
+@pytest.mark.parametrize(
+    ("variant", "target"), [("x", "cross_attn"), ("u", "unet_non_cross"), ("kv", "cross_attn_kv")]
+)
 def test_only_targeted_weights_change(tiny_backend, variant, target):
     config = build_config(ESDConfig, None, [f"variant={variant}", "iterations=2", "ddim_steps=2", "lr=1e-3"])
     before = _snapshot(tiny_backend)
@@ -241,6 +251,9 @@ def test_trajectory_from_the_original_model_leaves_the_model_unchanged(tiny_back
         "retain_prompts=0",
         "retain_batch=0",
         "prompts=words",
+        "preserve_weight=-1",
+        "preserve_ridge=0",
+        "preserve_prompts=0",
     ],
 )
 def test_bad_config_is_a_user_error(override):
@@ -248,7 +261,7 @@ def test_bad_config_is_a_user_error(override):
         build_config(ESDConfig, None, [override])
 
 
-def test_preserve_concepts_are_filled_in_only_for_the_retain_term(tiny_backend):
+def test_preserve_concepts_are_filled_in_only_for_the_retain_term_or_the_resolve(tiny_backend):
     from erasekit.world.source import ShapesWorldSource
 
     previous, tiny_backend.data_source = getattr(tiny_backend, "data_source", None), ShapesWorldSource()
@@ -256,6 +269,13 @@ def test_preserve_concepts_are_filled_in_only_for_the_retain_term(tiny_backend):
         plain = run_method(ESD(), tiny_backend, STAR, ESDConfig(iterations=1, ddim_steps=1), seed=0)
         held = run_method(
             ESD(), tiny_backend, STAR, ESDConfig(iterations=1, ddim_steps=1, retain_weight=1.0), seed=0
+        )
+        resolved = run_method(
+            ESD(),
+            tiny_backend,
+            STAR,
+            ESDConfig(iterations=1, ddim_steps=1, variant="kv", preserve_weight=1.0),
+            seed=0,
         )
     finally:
         tiny_backend.data_source = previous
@@ -270,3 +290,69 @@ def test_preserve_concepts_are_filled_in_only_for_the_retain_term(tiny_backend):
     assert preserve[:7] == ShapesWorldSource().same_kind_concepts("star")
     prompts = held.manifest["training"]["retain_prompts"]
     assert len(prompts) == 32 and not any("star" in p.split() for p in prompts)
+    # so with the re-solve, whose keep side is the source's captions of them and its retain prompts
+    assert resolved.manifest["concepts"]["preserve"] == preserve
+    resolve = resolved.manifest["training"]["resolve"]
+    assert resolve["keep_prompts"] == 256 and resolve["erase_prompts"] > 1
+
+
+def test_keep_preserved_keeps_the_erase_rows_and_frees_the_keep_rows():
+    # Erase rows span e0, keep rows e1, nothing spans e2. In that basis C_E = diag(4, 0, 0) and
+    # C_P = diag(0, 9, 0), so ΔW' = ΔW diag(1, ρ/(λ·9 + ρ), 1): the erase direction and the
+    # unconstrained one keep the trained delta, the keep direction loses it.
+    eye = torch.eye(3, dtype=torch.float64)
+    erase, keep = 2 * eye[:1].repeat(5, 1), 3 * eye[1:2].repeat(7, 1)
+    delta = torch.arange(6, dtype=torch.float64).reshape(2, 3) + 1
+    weight, ridge = 2.0, 0.01
+    rho = ridge * (4 + weight * 9) / 3  # relative to the mean eigenvalue of C_E + λ C_P
+    c_erase, c_keep = row_covariance(erase), row_covariance(keep)
+    new = keep_preserved(delta, c_erase, c_keep, weight, ridge)
+    torch.testing.assert_close(new[:, 0], delta[:, 0])
+    torch.testing.assert_close(new[:, 2], delta[:, 2])
+    torch.testing.assert_close(new[:, 1], delta[:, 1] * rho / (weight * 9 + rho))
+    # a larger λ frees the keep rows more
+    assert keep_preserved(delta, c_erase, c_keep, 20.0, ridge)[:, 1].abs().max() < new[:, 1].abs().max()
+
+
+def _kv_change(backend, artifact, prompts) -> float:
+    """Mean norm of the change the artifact's key/value deltas make to ``prompts``' keys and values."""
+    (stream,) = backend.text_linear_inputs(prompts, "cross_attn_kv")
+    rows = stream.inputs.flatten(0, 1)
+    deltas = [artifact.tensors[f"weights/{name}"] for name in stream.weights]
+    return float(torch.stack([(rows @ d.T).norm(dim=1).mean() for d in deltas]).mean())
+
+
+def test_preserve_weight_keeps_the_keep_prompts_and_the_concepts_edit(tiny_backend):
+    # The same run with and without the re-solve: the prompts to keep barely change any more, the
+    # erased concept's prompts keep most of what ESD learned, and only key/value weights are edited.
+    spec = replace(STAR, retain=("a red square", "a blue ring", "a green circle", "a yellow heart"))
+    base = ["variant=kv", "iterations=8", "ddim_steps=2", "lr=1e-2"]
+    free = run_method(ESD(), tiny_backend, spec, build_config(ESDConfig, None, base), seed=0, complete=False)
+    kept = run_method(
+        ESD(),
+        tiny_backend,
+        spec,
+        build_config(ESDConfig, None, [*base, "preserve_weight=1"]),
+        seed=0,
+        complete=False,
+    )
+    assert set(kept.manifest["weights"]) == set(tiny_backend.parameters_for("cross_attn_kv"))
+    resolve = kept.manifest["training"]["resolve"]
+    assert resolve["keep_prompts"] == 4 and resolve["resolved_weights"] == len(kept.manifest["weights"])
+    # the manifest's own account agrees: most of the change on the concept's prompts is left, little
+    # of it on the prompts to keep
+    assert resolve["erase_change_ratio"] > 0.5 and resolve["keep_change_ratio"] < 0.4
+    assert _kv_change(tiny_backend, kept, list(spec.retain)) < 0.35 * _kv_change(
+        tiny_backend, free, list(spec.retain)
+    )
+    concept_prompts = ["star", *spec.prompts("star")]
+    assert _kv_change(tiny_backend, kept, concept_prompts) > 0.5 * _kv_change(
+        tiny_backend, free, concept_prompts
+    )
+
+
+def test_preserve_weight_needs_variant_kv_and_prompts_to_keep(tiny_backend):
+    with pytest.raises(ErasekitError, match="variant=kv"):
+        build_config(ESDConfig, None, ["preserve_weight=1"])
+    with pytest.raises(ErasekitError, match="--retain FILE"):
+        ESD().erase(tiny_backend, STAR, ESDConfig(iterations=1, variant="kv", preserve_weight=1.0))

@@ -27,7 +27,7 @@ BUDGETS: dict[str, list[str]] = {
     "itd": ["sae_steps=150"],  # the SAE is trained once per encoder; 150 steps suffice for the gate
     "spm": ["iterations=40"],
     "abo": ["steps=60"],  # default 100
-    "esd": ["iterations=40", "lr=1e-3", "ddim_steps=10"],
+    "esd": ["preset=shapesworld", "iterations=40", "ddim_steps=10"],  # the model preset: the re-solve
 }
 
 

@@ -54,11 +54,7 @@ class TrainedParameters:
 
     def delta_artifact(self, method: str) -> Artifact:
         """An artifact holding the non-zero deltas (mode ``delta``), so unchanged tensors stay out."""
-        artifact = Artifact(method)
-        for name, delta in self.deltas().items():
-            if delta.abs().max() > 0:
-                artifact.add_weight(name, delta, mode="delta")
-        return artifact
+        return delta_artifact(method, self.deltas())
 
     def __exit__(self, *exc: object) -> None:
         with torch.no_grad():
@@ -67,6 +63,15 @@ class TrainedParameters:
                 p.requires_grad_(False)
                 p.grad = None
         torch.set_grad_enabled(self._grad_mode)
+
+
+def delta_artifact(method: str, deltas: Mapping[str, torch.Tensor]) -> Artifact:
+    """An artifact of ``method`` holding the non-zero ``deltas`` (mode ``delta``)."""
+    artifact = Artifact(method)
+    for name, delta in deltas.items():
+        if delta.abs().max() > 0:
+            artifact.add_weight(name, delta, mode="delta")
+    return artifact
 
 
 @torch.no_grad()
