@@ -256,9 +256,12 @@ def test_the_model_recommends_a_preset_that_applies_only_where_none_is_named():
 
     assert recommended_preset("shapes") == "shapesworld" and recommended_preset("tiny") is None
     config = build_config(ESDConfig, None, [], model_preset="shapesworld")
-    assert (config.preset, config.iterations, config.lr) == ("shapesworld", 150, 1e-3)
+    assert (config.preset, config.iterations, config.lr) == ("shapesworld", 250, 1e-3)
     named = build_config(ESDConfig, None, ["preset=paper"], model_preset="shapesworld")
     assert (named.preset, named.iterations) == ("paper", 1000)
+    # the re-solve is the ShapesWorld tuning, not the paper's ESD
+    assert (config.variant, config.preserve_weight) == ("kv", 1.0)
+    assert (named.variant, named.preserve_weight) == ("x", 0.0)
     assert build_config(ESDConfig, None, ["lr=2e-3"], model_preset="shapesworld").lr == 2e-3
     # a preset the method does not have is no error: the method's defaults hold
     from erasekit.methods.ear import EARConfig

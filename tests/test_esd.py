@@ -293,7 +293,8 @@ def test_preserve_concepts_are_filled_in_only_for_the_retain_term_or_the_resolve
     # so with the re-solve, whose keep side is the source's captions of them and its retain prompts
     assert resolved.manifest["concepts"]["preserve"] == preserve
     resolve = resolved.manifest["training"]["resolve"]
-    assert resolve["keep_prompts"] == 256 and resolve["erase_prompts"] > 1
+    # the whole pool, under preserve_prompts=256: each preserve concept's captions and 64 retain prompts
+    assert 64 < resolve["keep_prompts"] <= 256 and resolve["erase_prompts"] > 1
 
 
 def test_keep_preserved_keeps_the_erase_rows_and_frees_the_keep_rows():

@@ -57,7 +57,7 @@ class ShapesWorldSource(DataSource):
     """The data a ShapesWorld model comes with (for the shipped model and `erasekit world train` folders)."""
 
     name = "shapesworld"
-    preset = "shapesworld"  # methods' presets tuned on the shipped model (ESD: 150 iterations, lr 1e-3)
+    preset = "shapesworld"  # methods' presets tuned on the shipped model (ESD: 250 iterations at lr 1e-3, key/value re-solve)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "concepts": len(all_concepts())}
