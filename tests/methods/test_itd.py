@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from erasekit.applying import apply, revert
@@ -149,3 +150,34 @@ def test_layer_rule_public_fraction_for_deep_encoders_last_layer_for_shallow_one
     assert method.resolve_layer(shapes, ItDConfig()) == 2  # shallower than shallow_depth: the last
     assert method.resolve_layer(shapes, ItDConfig(shallow_depth=0)) == 1  # the fraction rule
     assert method.resolve_layer(shapes, ItDConfig(layer=0)) == 0  # an explicit layer wins
+
+
+def test_gate_scores_the_top_features_and_the_edit_uses_all(tiny_backend, tmp_path):
+    from erasekit.errors import ErasekitError
+    from erasekit.methods.itd import _layer_states, edit_delta
+
+    artifact = _erase(tiny_backend, tmp_path, overrides=["n_features=6", "gate_features=2"])
+    stats = artifact.manifest["training"]["features"]["star"]  # ordered by contrast, highest first
+    hook = artifact.manifest["hooks"][0]
+    tensors = {name.split("/")[-1]: t for name, t in artifact.tensors.items() if name.startswith("hooks/0/")}
+    features, gate = tensors["features"], tensors["gate_features"]
+    assert len(stats) > 2, "the tiny SAE found too few features to split"
+    assert {int(i) for i in gate} == {int(i) for i in list(stats)[:2]}
+    assert {int(i) for i in features} == {int(i) for i in stats}
+    # the live gate's score is the norm of the edit of the gate features alone, whatever the rest do
+    prompts = ConceptSpec.from_lists(["star"]).prompts("star") + UNRELATED
+    scale = tensors["input_scale"]
+    sae = {k: tensors[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    x = _layer_states(tiny_backend, hook["target"], prompts)[:, 1:] / scale
+    k, lam = hook["config"]["k"], hook["config"]["feature_scale"]
+    expected = (scale * edit_delta(x, sae, gate, k, lam)).norm(dim=-1).amax(dim=1)
+    everything = (scale * edit_delta(x, sae, features, k, lam)).norm(dim=-1).amax(dim=1)
+    assert not torch.allclose(expected, everything)  # the subset is a different score
+    apply(artifact, tiny_backend)
+    try:
+        _encode(tiny_backend, prompts)
+        torch.testing.assert_close(_live_hook(tiny_backend).last_scores, expected)
+    finally:
+        revert(tiny_backend)
+    with pytest.raises(ErasekitError, match="gate_features"):
+        build_config(ItDConfig, None, ["n_features=4", "gate_features=5"])
