@@ -23,7 +23,9 @@ trained. What is implemented:
   rate thresholds alone found 2–3 features on ShapesWorld.) Several concepts: F = ∪ F_c.
 * **Deactivate** (inference). z_F ← λ z_F (public λ = −8; default −24, measured on ShapesWorld) and decode *with the SAE's error added
   back*: ``h' = h + s W_dec[:, F] (λ − 1) z_F`` — gated prompts change only by the edit.
-* **Gate** (the zero-shot classifier). score(p) = max over positions of ‖h' − h‖; the edit is applied
+* **Gate** (the zero-shot classifier). score(p) = max over positions of ‖h' − h‖ (h' from each
+  concept's top ``gate_features`` features only when that is set: more edit features widen the score
+  distributions until they overlap; the ``shapesworld`` preset edits 24 and gates on 8); the edit is applied
   to a prompt only when score(p) > τ, otherwise its hidden states pass through bit-exactly. Public τ is
   the minimum score over the training prompts, which lets weaker paraphrases (synonyms) slip under it.
   Default here (``threshold="between"``): τ between the two score distributions, a fraction ρ of the
