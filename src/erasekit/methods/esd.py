@@ -82,7 +82,8 @@ from erasekit.methods.training import TrainedParameters, delta_artifact, predict
 from erasekit.sources import DataSource, prompts_naming, source_of
 
 VARIANT_TARGETS = {"x": "cross_attn", "u": "unet_non_cross", "kv": "cross_attn_kv"}
-RESOLVE_TARGET = "cross_attn_kv"  # the layers that read the prompt linearly (what preserve_weight re-solves)
+# the layers that read the prompt linearly: what preserve_weight re-solves
+RESOLVE_TARGET = VARIANT_TARGETS["kv"]
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class ESDConfig:
     retain_batch: int = 4
     """Cached retain states in the retain term of each iteration."""
     preserve_weight: float = 0.0
-    """λ_p of a closed-form re-solve after training (0 = off, the paper's ESD): each trained key/value delta ΔW becomes ΔW C_E (C_E + λ_p C_P + ρI)⁻¹, the least-squares edit that does what ESD learned on prompts naming the concept (C_E) and leaves the keys and values of prompts to keep (C_P) as they were. Needs variant=kv; the prompts are as for the retain term (the preserve concepts' captions and the retain prompts)."""
+    """λ_p of a closed-form re-solve after training (0 = off, the paper's ESD): each trained key/value delta ΔW becomes ΔW (C_E + ρI)(C_E + λ_p C_P + ρI)⁻¹, the least-squares edit that does what ESD learned on prompts naming the concept (C_E) and leaves the keys and values of prompts to keep (C_P) as they were. Needs variant=kv; the prompts are as for the retain term (the preserve concepts' captions and the retain prompts)."""
     preserve_ridge: float = 0.01
     """ρ of the re-solve, relative to the mean eigenvalue of C_E + λ_p C_P: how much of the trained delta is kept in directions neither prompt set spans (a synonym's words); small values keep only what the erase prompts span."""
     preserve_prompts: int = 256

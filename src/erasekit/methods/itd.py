@@ -311,6 +311,18 @@ def retain_prompts(source: DataSource | None, concepts: ConceptSpec, n: int, see
 # ---- interpretation and the gate ---------------------------------------------------------------------
 
 
+def sae_codes(x: torch.Tensor, sae_tensors: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+    """z = TopK_k(ReLU(W_enc (x − b_dec) + b_enc)) for scaled states x [..., d]."""
+    return topk_codes((x - sae_tensors["b_dec"]) @ sae_tensors["W_enc"].T + sae_tensors["b_enc"], k)
+
+
+def feature_edit(
+    z: torch.Tensor, sae_tensors: dict[str, torch.Tensor], features: torch.Tensor, feature_scale: float
+) -> torch.Tensor:
+    """Δx = W_dec[:, F] (λ − 1) z_F from codes z (the SAE error is kept: h' = h + s Δx)."""
+    return ((feature_scale - 1.0) * z[..., features]) @ sae_tensors["W_dec"][:, features].T
+
+
 def edit_delta(
     x: torch.Tensor,
     sae_tensors: dict[str, torch.Tensor],
@@ -319,9 +331,7 @@ def edit_delta(
     feature_scale: float,
 ) -> torch.Tensor:
     """Δx = W_dec[:, F] (λ − 1) z_F for scaled states x [..., d] (the SAE error is kept: h' = h + s Δx)."""
-    pre = (x - sae_tensors["b_dec"]) @ sae_tensors["W_enc"].T + sae_tensors["b_enc"]
-    z = topk_codes(pre, k)
-    return ((feature_scale - 1.0) * z[..., features]) @ sae_tensors["W_dec"][:, features].T
+    return feature_edit(sae_codes(x, sae_tensors, k), sae_tensors, features, feature_scale)
 
 
 def select_features(
@@ -399,11 +409,11 @@ class ItDHook(InferenceHook):
         features = self.tensors["features"].to(hidden.device, torch.int64)
         k, feature_scale = int(self.config["k"]), float(self.config["feature_scale"])
         with torch.no_grad():
-            x = hidden[:, skip:].float() / scale
-            delta = scale * edit_delta(x, sae, features, k, feature_scale)
+            z = sae_codes(hidden[:, skip:].float() / scale, sae, k)  # encoded once for edit and gate
+            delta = scale * feature_edit(z, sae, features, feature_scale)
             if "gate_features" in self.tensors:  # the gate reads a subset of the edited features
                 gate = self.tensors["gate_features"].to(hidden.device, torch.int64)
-                scores = (scale * edit_delta(x, sae, gate, k, feature_scale)).norm(dim=-1).amax(dim=1)
+                scores = (scale * feature_edit(z, sae, gate, feature_scale)).norm(dim=-1).amax(dim=1)
             else:
                 scores = delta.norm(dim=-1).amax(dim=1)
             self.last_scores = scores
@@ -528,8 +538,7 @@ class ItD:
 
         def prompt_codes(prompts: list[str]) -> torch.Tensor:
             x = _layer_states(backend, layer_name, prompts)[:, 1:] / scale
-            pre = (x - sae_core["b_dec"]) @ sae_core["W_enc"].T + sae_core["b_enc"]
-            return topk_codes(pre, k).amax(dim=1)  # [P, n]
+            return sae_codes(x, sae_core, k).amax(dim=1)  # [P, n]
 
         def gate_scores(prompts: list[str], features: torch.Tensor) -> torch.Tensor:
             x = _layer_states(backend, layer_name, prompts)[:, 1:] / scale
