@@ -65,7 +65,8 @@ def erasekit_steps(method, backend, concepts, config, params, data, steps: int, 
     def run(n: int) -> float:
         cfg = build_config(type(config), None, None, **{**vars(config), "epochs": n, "stop_rule": "none"})
         start = time.perf_counter()
-        method._train(backend, concepts, cfg, params, [data], generator, rng, None)  # no verification: step cost only
+        # no verification: step cost only, with the first attempt's loss (plain by default, as the reference's)
+        method._train(backend, concepts, cfg, params, [data], generator, rng, None, cfg.concept_mask[0])
         return time.perf_counter() - start
 
     # The stopping rule's reference losses are set-up work; timing 1 and steps + 1 steps cancels them.

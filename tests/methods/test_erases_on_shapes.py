@@ -71,3 +71,22 @@ def test_method_erases_star_and_keeps_circle_with_only_the_concept(shapes_setup,
         revert(backend)
     assert stars <= base["star"] // 2, f"{method_name}: {stars}/8 stars remain (base {base['star']})"
     assert circles >= base["circle"] - 1, f"{method_name}: {circles}/8 circles kept (base {base['circle']})"
+
+
+def test_fewshot_masked_loss_erases_circle_the_shape_drawn_when_the_word_says_nothing(shapes_setup):
+    """Circle is what the shipped model draws for an uninformative shape word, so plain ascent (which
+    makes the caption uninformative) often leaves it drawn; the masked loss aims at the shape. One
+    attempt, no restarts: the mask alone must do it."""
+    backend, judge, base = shapes_setup
+    method = get_method("fewshot")
+    config = build_config(method.config_cls, None, ["concept_mask=0.5", "restarts=0"])
+    artifact = run_method(method, backend, ConceptSpec.from_lists(["circle"]), config, seed=0)
+    assert artifact.manifest["training"]["concept_mask"] == 0.5
+    apply(artifact, backend)
+    try:
+        circles = _count(backend, judge, _prompts("circle"), "circle")
+        stars = _count(backend, judge, _prompts("star"), "star")
+    finally:
+        revert(backend)
+    assert circles <= base["circle"] // 2, f"{circles}/8 circles remain (base {base['circle']})"
+    assert stars >= base["star"] - 1, f"{stars}/8 stars kept (base {base['star']})"

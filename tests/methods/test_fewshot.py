@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -13,7 +14,15 @@ from erasekit.config import build_config
 from erasekit.errors import ErasekitError
 from erasekit.methods import get_method, run_method
 
-FAST = ["num_images=2", "batch_size=2", "views=2", "probes=4", "generate_steps=2", "preserve_weight=0", "verify=0"]
+FAST = [
+    "num_images=2",
+    "batch_size=2",
+    "views=2",
+    "probes=4",
+    "generate_steps=2",
+    "preserve_weight=0",
+    "verify=0",
+]
 
 
 def erase(backend, overrides, concepts=None):
@@ -186,6 +195,7 @@ def test_timesteps_follow_the_weights_of_equal_slices_of_the_schedule():
 def test_paper_preset_is_the_plain_ascent():
     config = build_config(get_method("fewshot").config_cls, None, ["preset=paper"])
     assert (config.verify, config.restarts, config.timestep_mix, config.stop_rule) == (0, 0, 0.0, "none")
+    assert config.concept_mask == (0.0,)
 
 
 @pytest.mark.parametrize("present, kept", [(1.0, 1.0), (0.0, 1.0), (0.0, 0.5)])
@@ -219,7 +229,72 @@ def test_verification_decides_stop_continue_and_restart(tiny_backend, monkeypatc
         assert training["verified"] is True
     else:
         assert [a["stopped_by"] for a in attempts] == ["steps", "steps"]  # one restart, both to the cap
+        assert [a["concept_mask"] for a in attempts] == [0.0, 0.5]  # the restart trains on the masked loss
         assert training["verified"] is False  # what `erasekit erase` reports as "not verified"
         assert training["steps_run"] == training["steps_max"] == 3
         expected = 1.0 * 2**3 if kept < 1.0 else 1.0  # doubled at each of the 3 checks, else untouched
         assert training["preserve_weight_final"] == expected
+
+
+class _HalfBackend:
+    """A denoiser whose prediction reads the caption only in the left half of the image."""
+
+    def encode_prompts(self, prompts):
+        return torch.tensor([[[float(len(p))]] for p in prompts])
+
+    def predict_noise(self, x_t, t, cond):
+        out = torch.zeros_like(x_t)
+        out[..., : x_t.shape[-1] // 2] = cond[:, :1, :1, None]
+        return out + x_t
+
+
+def test_concept_mask_weights_where_swapping_the_concept_changes_the_prediction():
+    from erasekit.methods.fewshot import ConceptMask, FewShotConfig, weighted_mse
+
+    backend = _HalfBackend()
+    concepts = ConceptSpec.from_lists(["cat"], preserve=["horse", "ox"], templates=["a {}"])
+    data = [{"concept": "cat", "captions": [["a cat here"], ["one cat"]]}]
+    mask = ConceptMask(backend, concepts, data, FewShotConfig(), random.Random(0), 0.5)
+    assert mask.alternatives == {"cat": ["horse", "ox"]}  # no data source: the preserve list
+    x_t = torch.randn(2, 3, 4, 4)
+    t = torch.zeros(2, dtype=torch.long)
+    captions = ["a cat here", "one cat"]
+    weight = mask.weights(backend, x_t, t, captions, mask.swaps(captions, ["cat", "cat"], None))
+    # the caption changes the left half only: there d is twice its mean, elsewhere 0
+    assert torch.allclose(weight[..., :2], torch.full_like(weight[..., :2], 0.5 + 0.5 * 2))
+    assert torch.allclose(weight[..., 2:], torch.full_like(weight[..., 2:], 0.5))
+    assert torch.allclose(weight.flatten(1).mean(1), torch.ones(2))  # the loss keeps its scale
+    drawn = mask.swaps(captions, ["cat", "cat"], random.Random(1))
+    assert len(drawn) == 1  # one alternative drawn per caption, the concept word swapped out
+    assert all(re.search(r"\b(horse|ox)\b", s) and "cat" not in s for s in drawn[0])
+    # a caption the concept word does not change (no swap) is trained on the plain loss
+    same = mask.weights(backend, x_t[:1], t[:1], ["a cat here"], [["a cat here"]])
+    assert torch.equal(same, torch.ones_like(same))
+    assert mask.weights(backend, x_t, t, captions, []) is None  # no alternative: no mask
+    pred, target = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    assert torch.isclose(weighted_mse(pred, target, None), torch.nn.functional.mse_loss(pred, target))
+
+
+def test_concept_mask_trains_and_is_recorded(tiny_backend):
+    report = erase(tiny_backend, ["lr=3e-3", "epochs=2", "stop_rule=none", "concept_mask=0.5"]).manifest[
+        "training"
+    ]
+    assert report["mask_alternatives"] == {"cat": ["dog"]}
+    assert report["probe_loss_final"] > report["probe_loss_initial"]
+    plain = erase(tiny_backend, ["epochs=1", "stop_rule=none"]).manifest["training"]  # default: 0 first
+    assert plain["mask_alternatives"] is None and plain["concept_mask"] == 0
+
+
+def test_one_preserve_concept_losing_its_samples_fails_the_keep_check_even_when_the_pool_passes():
+    from types import SimpleNamespace
+
+    from erasekit.methods.fewshot import FewShotConfig, kept_enough
+    from erasekit.methods.verification import Verifier
+
+    verifier = SimpleNamespace(baseline_kept=1.0, baseline_each={"white": 3, "red": 3})
+    verifier.most_lost = lambda check: Verifier.most_lost(verifier, check)
+    config = FewShotConfig()  # pooled: at most 1/16 fewer; each: at most one sample per concept
+    assert kept_enough(verifier, {"kept": 23 / 24, "kept_each": {"white": 2, "red": 3}}, config)
+    assert not kept_enough(verifier, {"kept": 23 / 24, "kept_each": {"white": 1, "red": 3}}, config)
+    assert not kept_enough(verifier, {"kept": 21 / 24, "kept_each": {"white": 3, "red": 3}}, config)
+    assert kept_enough(verifier, {"kept": None}, config)

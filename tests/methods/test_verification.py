@@ -51,7 +51,12 @@ def test_the_original_model_recognises_the_concept_before_and_not_after_an_erasu
     assert before["present"]["star"] >= 0.9 and verifier.baseline_kept >= 0.8
     uce = get_method("uce")
     artifact = run_method(
-        uce, shapes, ConceptSpec.from_lists(["star"]), build_config(uce.config_cls), seed=0, default_anchors=True
+        uce,
+        shapes,
+        ConceptSpec.from_lists(["star"]),
+        build_config(uce.config_cls),
+        seed=0,
+        default_anchors=True,
     )
     apply(artifact, shapes)  # UCE edits the UNet: sample with the erasure, classify with the original
     try:
@@ -61,3 +66,18 @@ def test_the_original_model_recognises_the_concept_before_and_not_after_an_erasu
     after = verifier.classify(shapes, images)
     assert after["present"]["star"] <= 0.25, after
     assert after["kept"] >= verifier.baseline_kept - 0.2, after
+
+
+def test_the_preservation_check_spends_most_samples_on_the_targets_own_kind():
+    from erasekit.methods.verification import keep_allocation
+
+    near = [f"n{i}" for i in range(7)]
+    far = [f"f{i}" for i in range(14)]
+    plan = keep_allocation(near, far, 24, 12, random.Random(0))
+    assert [n for c, n in plan if c in near] == [3] * 7  # 3/4 of 24 over 7, rounded up
+    assert [n for c, n in plan if c in far] == [1, 1, 1] and sum(n for _, n in plan) == 24
+    # nothing of the targets' kind: an even split over a seeded sample, as many concepts as allowed
+    even = keep_allocation([], far, 24, 12, random.Random(0))
+    assert len(even) == 12 and {n for _, n in even} == {2}
+    assert [n for _, n in keep_allocation(near, [], 24, 12, random.Random(0))] == [4] * 7
+    assert keep_allocation(near, far, 0, 12, random.Random(0)) == []

@@ -51,6 +51,26 @@ def _prompts(source: Any, concepts: ConceptSpec, concept: str, n: int, rng: rand
     return prompts if len(prompts) >= n else [prompts[i % len(prompts)] for i in range(n)]
 
 
+def keep_allocation(
+    near: list[str], far: list[str], keep_samples: int, keep_concepts: int, rng: random.Random
+) -> list[tuple[str, int]]:
+    """(concept, samples) of the preservation check. The targets' own kind (``near``), where an
+    erasure's collateral concentrates, gets three quarters of ``keep_samples`` split evenly, rounded
+    up (all of them when there is nothing else), and a seeded sample of the rest gets one each, up to
+    ``keep_concepts`` concepts in all. Without concepts of the targets' kind the samples are split
+    evenly over a seeded sample of ``keep_concepts``."""
+    if keep_samples <= 0:
+        return []
+    if not near:
+        kept = rng.sample(far, keep_concepts) if len(far) > keep_concepts else far
+        return [(c, max(1, keep_samples // max(1, len(kept)))) for c in kept]
+    budget = (3 * keep_samples) // 4 if far else keep_samples
+    per = max(1, -(-budget // len(near)))  # rounded up
+    room = max(0, min(keep_samples - per * len(near), keep_concepts - len(near)))
+    rest = rng.sample(far, room) if len(far) > room else far
+    return [(c, per) for c in near] + [(c, 1) for c in rest]
+
+
 class Verifier:
     """Diffusion-classifier checks of erasure (targets) and preservation (a sample of preserve concepts).
 
@@ -58,7 +78,8 @@ class Verifier:
         backend: The model (its current text encoder is the original when the verifier is built).
         concepts: The spec: targets to check, preserve concepts to keep.
         samples: Samples per target at each check.
-        keep_samples: Samples over all the preserve concepts checked, at each check.
+        keep_samples: Samples over all the preserve concepts checked, at each check (see
+            :func:`keep_allocation`).
         keep_concepts: Most preserve concepts checked: those of the targets' kind first, then a seeded
             sample of the rest.
         max_candidates: Most alternatives per classification.
@@ -97,10 +118,7 @@ class Verifier:
         near = [c for t in targets for c in source.same_kind_concepts(t) if c in preserve]
         near = list(dict.fromkeys(near))[:keep_concepts]
         far = [c for c in preserve if c not in near]
-        room = keep_concepts - len(near)
-        kept = near + (rng.sample(far, room) if len(far) > room else far) if keep_samples > 0 else []
-        per = max(1, keep_samples // max(1, len(kept)))
-        for concept in kept:
+        for concept, per in keep_allocation(near, far, keep_samples, keep_concepts, rng):
             # a damaged concept may now look like the erased one: targets are always candidates
             pool = [c for c in preserve if c != concept]
             same = source.same_kind_concepts(concept)
@@ -119,7 +137,9 @@ class Verifier:
                     for c in [probe.concept, *probe.candidates]
                 ]
         self.noise_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        self.baseline_kept = self.check(backend)["kept"] if self.keep else None
+        baseline = self.check(backend) if self.keep else {"kept": None, "kept_each": {}}
+        self.baseline_kept = baseline["kept"]
+        self.baseline_each: dict[str, int] = baseline.get("kept_each") or {}
 
     @property
     def active(self) -> bool:
@@ -130,7 +150,13 @@ class Verifier:
             "erase": {p.concept: p.candidates for p in self.erase},
             "keep": {p.concept: p.candidates for p in self.keep},
             "baseline_kept": self.baseline_kept,
+            "keep_samples": {p.concept: len(p.prompts) for p in self.keep},
         }
+
+    def most_lost(self, check: dict[str, Any]) -> int:
+        """The most samples any one preserve concept lost in ``check`` against the original's count."""
+        each = check.get("kept_each") or {}
+        return max((self.baseline_each.get(c, 0) - n for c, n in each.items()), default=0)
 
     @torch.no_grad()
     def sample(self, backend: Any, *, confirm: bool = False) -> torch.Tensor:
@@ -166,7 +192,9 @@ class Verifier:
             kept = sum(h * len(p.prompts) for h, p in zip(kept_hits, self.keep)) / sum(
                 len(p.prompts) for p in self.keep
             )
-        return {"present": present, "kept": kept}
+        # per preserve concept, how many of its samples are still recognised as it
+        each = {p.concept: round(h * len(p.prompts)) for p, h in zip(self.keep, kept_hits)}
+        return {"present": present, "kept": kept, "kept_each": each}
 
     def _own_share(self, backend: Any, x0: torch.Tensor, captions: list[torch.Tensor]) -> float:
         """Share of ``x0`` whose lowest summed denoising loss is under caption 0 (the own concept's)."""
