@@ -585,7 +585,7 @@ class FewShot:
             # Lagrangian form of the trust region: penalise the relative squared drift of the
             # neutral/preserve encodings, so the ascent moves along directions that leave them be.
             # A random subset per step keeps the cost flat in the size of the preserve list.
-            prompts, reference, norm = neutral
+            prompts, reference, norm = neutral.prompts, neutral.reference, neutral.norm
             pick = rng.sample(range(len(prompts)), min(config.penalty_prompts, len(prompts)))
             now = backend.encode_prompts([prompts[i] for i in pick])
             rel = (now - reference[pick]).flatten(1).pow(2).sum(1) / norm[pick].pow(2)
@@ -662,20 +662,7 @@ class FewShot:
         probes = self._probe_set(backend, concepts, data, config, generator, weights, mask)
         rule = self._stopping_rule(backend, concepts, config, probes, rng)
         ceiling = rule.pop("ceiling")
-        prompts = (
-            list(NEUTRAL_PROMPTS)
-            + [p for c in concepts.preserve for p in concepts.prompts(c)]
-            + list(concepts.retain)
-        )
-        with torch.no_grad():
-            reference = backend.encode_prompts(prompts)
-            norm = reference.flatten(1).norm(dim=1).clamp_min(1e-8)
-
-        def drift() -> float:
-            with torch.no_grad():
-                now = backend.encode_prompts(prompts)
-            return float(((now - reference).flatten(1).norm(dim=1) / norm).max())
-
+        neutral = TrustPrompts(backend, concepts)
         for p in params.values():
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(
@@ -714,19 +701,9 @@ class FewShot:
                 order += shuffled
             batch, order = order[: config.batch_size], order[config.batch_size :]
             loss, ascent = self._batch_loss(
-                backend,
-                concepts,
-                config,
-                data,
-                batch,
-                (prompts, reference, norm),
-                weight,
-                weights,
-                generator,
-                rng,
-                mask,
+                backend, concepts, config, data, batch, neutral, weight, weights, generator, rng, mask
             )
-            drift_now, shrink, undone = self._optimizer_step(optimizer, loss, params, config, drift)
+            drift_now, shrink, undone = self._optimizer_step(optimizer, loss, params, config, neutral.drift)
             if undone:
                 stopped = "trust_region"
                 history.append(
@@ -772,6 +749,28 @@ class FewShot:
             "mask_alternatives": None if mask is None else mask.alternatives,
             "history": history,
         }
+
+
+class TrustPrompts:
+    """The prompts the trust region watches (neutral prompts, the preserve concepts in the templates,
+    the retain prompts) with the original encoder's encodings of them."""
+
+    def __init__(self, backend: Any, concepts: ConceptSpec):
+        self.backend = backend
+        self.prompts = (
+            list(NEUTRAL_PROMPTS)
+            + [p for c in concepts.preserve for p in concepts.prompts(c)]
+            + list(concepts.retain)
+        )
+        with torch.no_grad():
+            self.reference = backend.encode_prompts(self.prompts)
+            self.norm = self.reference.flatten(1).norm(dim=1).clamp_min(1e-8)
+
+    def drift(self) -> float:
+        """The largest relative drift ‖E_φ(p) − E_φ₀(p)‖ / ‖E_φ₀(p)‖ over the prompts, now."""
+        with torch.no_grad():
+            now = self.backend.encode_prompts(self.prompts)
+        return float(((now - self.reference).flatten(1).norm(dim=1) / self.norm).max())
 
 
 class ConceptMask:
