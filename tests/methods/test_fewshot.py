@@ -291,10 +291,15 @@ def test_one_preserve_concept_losing_its_samples_fails_the_keep_check_even_when_
     from erasekit.methods.fewshot import FewShotConfig, kept_enough
     from erasekit.methods.verification import Verifier
 
-    verifier = SimpleNamespace(baseline_kept=1.0, baseline_each={"white": 3, "red": 3})
+    keep = [
+        SimpleNamespace(concept="white", prompts=["a"] * 3),
+        SimpleNamespace(concept="star", prompts=["b"]),
+    ]
+    verifier = SimpleNamespace(baseline_kept=1.0, baseline_each={"white": 3, "star": 1}, keep=keep)
     verifier.most_lost = lambda check: Verifier.most_lost(verifier, check)
-    config = FewShotConfig()  # pooled: at most 1/16 fewer; each: at most one sample per concept
-    assert kept_enough(verifier, {"kept": 23 / 24, "kept_each": {"white": 2, "red": 3}}, config)
-    assert not kept_enough(verifier, {"kept": 23 / 24, "kept_each": {"white": 1, "red": 3}}, config)
-    assert not kept_enough(verifier, {"kept": 21 / 24, "kept_each": {"white": 3, "red": 3}}, config)
+    config = FewShotConfig()  # pooled: at most 1/16 fewer; each: at most half of a concept's samples
+    assert kept_enough(verifier, {"kept": 23 / 24, "kept_each": {"white": 2, "star": 1}}, config)
+    assert not kept_enough(verifier, {"kept": 23 / 24, "kept_each": {"white": 1, "star": 1}}, config)
+    assert not kept_enough(verifier, {"kept": 23 / 24, "kept_each": {"white": 3, "star": 0}}, config)
+    assert not kept_enough(verifier, {"kept": 21 / 24, "kept_each": {"white": 3, "star": 1}}, config)
     assert kept_enough(verifier, {"kept": None}, config)

@@ -41,8 +41,8 @@ What the public code lacks is added here:
   from the data source, else the preserve list) as a diffusion classifier (Li et al., ICCV 2023); see
   :mod:`erasekit.methods.verification`. Training stops when at most ``verify_max`` of them still show
   the concept and the preserve concepts' samples are recognised about as often as the original's
-  (within ``verify_keep_drop`` pooled, and no one preserve concept down by more than
-  ``verify_keep_each`` samples: collateral concentrates on one neighbour), both again on a second,
+  (within ``verify_keep_drop`` pooled, and no one preserve concept down by more than the share
+  ``verify_keep_each`` of its samples: collateral concentrates on one neighbour), both again on a second,
   independent set of samples (a check repeated until it passes stops on lucky draws: dotted passed at
   1/16 and showed dots in 6 of 32 held-out images); a check where the preserve samples are not kept doubles λ instead. An attempt that
   reaches the cap with the concept still recognised is redone from the original weights with fresh
@@ -190,8 +190,8 @@ class FewShotConfig:
     """Samples of preserve concepts' prompts at each verification (three quarters over the erased concepts' own kind, one each for a seeded sample of the rest; 0 = no preservation check)."""
     verify_keep_drop: float = 0.0625
     """Largest drop, against the original model, of the share of preserve concepts' samples the verification still recognises; a check beyond it doubles λ (up to 8× preserve_weight) instead of stopping (1/16: one of 24 samples; at 1/8 orange stopped at step 8 with 22 of 24 and lost 3 of 28 other-colour images on the tuning grid, at 1/16 it went on to step 41 and lost none)."""
-    verify_keep_each: int = 1
-    """Most samples any one preserve concept may lose at a check against the original's count (those of the erased concept's own kind get three or four each); more doubles λ like verify_keep_drop. Collateral concentrates on one neighbour: on ShapesWorld erasing yellow verified with 23 of 24 preserve samples kept (two per concept) and turned 7 of 8 held-out white images cyan."""
+    verify_keep_each: float = 0.5
+    """Largest share of any one preserve concept's samples that a check may lose against the original's count (those of the erased concept's own kind get three or four samples, the rest one); more doubles λ like verify_keep_drop. The samples have fixed seeds, so a concept the erasure leaves alone draws what the original drew. Collateral concentrates on one neighbour: on ShapesWorld erasing yellow verified with 23 of 24 preserve samples kept (two per concept) and turned 7 of 8 held-out white images cyan."""
     verify_every: int = 4
     """Steps between the first two verifications while the concept is still recognised."""
     verify_backoff: float = 1.5
@@ -244,7 +244,7 @@ class FewShotConfig:
             "restarts": 3,
             "verify_keep": 24,
             "verify_keep_drop": 0.0625,
-            "verify_keep_each": 1,
+            "verify_keep_each": 0.5,
             "verify_from": 1.0,
         },
     }
@@ -281,7 +281,7 @@ class FewShotConfig:
         require(self.verify_backoff >= 1, "verify_backoff must be >= 1 (1 = a fixed interval).")
         require(self.verify_from > 0, "verify_from must be positive.")
         require(0 <= self.verify_keep_drop <= 1, "verify_keep_drop must be in [0, 1].")
-        require(self.verify_keep_each >= 0, "verify_keep_each must be >= 0.")
+        require(0 <= self.verify_keep_each <= 1, "verify_keep_each must be in [0, 1].")
         require(self.restarts >= 0, "restarts must be >= 0.")
         require(self.verify_timesteps >= 1, "verify_timesteps must be at least 1.")
 

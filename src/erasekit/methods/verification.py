@@ -12,7 +12,9 @@ Two questions are asked at every check:
 
 * **erased**: the share of samples of each target's prompts still classified as the target;
 * **kept**: the share of samples of preserve concepts' prompts still classified as their own concept,
-  compared with the same share for the original model's samples (measured once at the start).
+  compared with the same share for the original model's samples (measured once at the start), pooled
+  and per concept (``kept_each``, :meth:`Verifier.most_lost`). The preserve prompts name no target:
+  a caption of red that says "grid" would show the erasure of grid, not collateral damage to red.
 
 Candidates come from the backend's data source (concepts of the same kind) or, for a source that knows
 none, the spec's preserve list. The caption encodings are computed once, before training, with the
@@ -46,8 +48,11 @@ def _alternatives(source: Any, concept: str, pool: list[str], limit: int, rng: r
     return rng.sample(others, limit) if len(others) > limit else others
 
 
-def _prompts(source: Any, concepts: ConceptSpec, concept: str, n: int, rng: random.Random) -> list[str]:
-    prompts = prompts_naming(source, concept, concepts.templates, n, seed=rng.randrange(2**31))
+def _prompts(
+    source: Any, concepts: ConceptSpec, concept: str, n: int, rng: random.Random, avoid: list[str] = ()
+) -> list[str]:
+    seed = rng.randrange(2**31)
+    prompts = prompts_naming(source, concept, concepts.templates, n, avoid=avoid, seed=seed)
     return prompts if len(prompts) >= n else [prompts[i % len(prompts)] for i in range(n)]
 
 
@@ -125,7 +130,9 @@ class Verifier:
             erased = [t for t in targets if not same or t in same]
             others = list(dict.fromkeys(_alternatives(source, concept, pool, max_candidates, rng) + erased))
             if others:
-                self.keep.append(_Probe(concept, others, _prompts(source, concepts, concept, per, rng), []))
+                # captions of a kept concept that name a target would show the erasure, not collateral
+                prompts = _prompts(source, concepts, concept, per, rng, avoid=targets)
+                self.keep.append(_Probe(concept, others, prompts, []))
         for probe in self.erase + self.keep:
             probe.seeds = [int(torch.randint(2**31 - 1, (1,), generator=generator)) for _ in probe.prompts]
             probe.confirm_seeds = [
@@ -153,10 +160,12 @@ class Verifier:
             "keep_samples": {p.concept: len(p.prompts) for p in self.keep},
         }
 
-    def most_lost(self, check: dict[str, Any]) -> int:
-        """The most samples any one preserve concept lost in ``check`` against the original's count."""
+    def most_lost(self, check: dict[str, Any]) -> float:
+        """The largest share of its samples any one preserve concept lost in ``check`` against the
+        original's count."""
         each = check.get("kept_each") or {}
-        return max((self.baseline_each.get(c, 0) - n for c, n in each.items()), default=0)
+        sizes = {p.concept: len(p.prompts) for p in self.keep}
+        return max(((self.baseline_each.get(c, 0) - n) / sizes[c] for c, n in each.items()), default=0.0)
 
     @torch.no_grad()
     def sample(self, backend: Any, *, confirm: bool = False) -> torch.Tensor:
