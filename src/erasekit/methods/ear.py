@@ -65,6 +65,7 @@ from erasekit.artifacts import Artifact
 from erasekit.concepts import ConceptSpec, fix_articles
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import require
+from erasekit.methods.training import TrainedParameters
 from erasekit.sources import source_of
 
 # Key pairs a pair file may use: ours, and the two spellings of the EAR repository's data files
@@ -259,11 +260,137 @@ def _replacements(backend: Any, concepts: ConceptSpec) -> dict[str, list[str]]:
     return out
 
 
+def _anchor_pool(pairs: list[tuple[str, str]], concepts: ConceptSpec, config: EARConfig) -> list[str]:
+    """The preservation prompts an iteration draws its anchors from (deduplicated, in order)."""
+    anchors: list[str] = []
+    if config.anchors_per_iteration > 0:
+        if config.anchors in ("safe", "both"):  # the replacements' own prompts keep their images
+            anchors += [safe for _, safe in pairs if safe]
+        if config.anchors in ("retain", "both"):  # the model's retain prompts (naming no target)
+            anchors += list(concepts.retain)
+    return list(dict.fromkeys(anchors))
+
+
+def _uncond_pairs(concepts: ConceptSpec, synonyms: bool) -> list[tuple[str, str]]:
+    """ESD-AR's pairs: each template with the concept (and its synonyms) against the empty prompt."""
+    words = [
+        w
+        for t in concepts.targets
+        for w in [t.text, *concepts.synonyms.get(t.text, ())][: None if synonyms else 1]
+    ]
+    pairs = [(fix_articles(tpl.format(w)), "") for tpl in concepts.templates for w in words]
+    return list(dict.fromkeys(pairs))
+
+
 class _Components(nn.ModuleDict):
     """The backend's components under their qualified names, for ``functional_call`` (references only)."""
 
     def forward(self, call):  # noqa: D102
         return call()
+
+
+@dataclass
+class _Batch:
+    """One iteration's rows and histories, and the frozen teacher's targets for them."""
+
+    rows_u: Any
+    codes_u: torch.Tensor
+    target: torch.Tensor
+    keep_rows: list[tuple[Any, torch.Tensor]]
+    keep_targets: list[torch.Tensor]
+
+
+class _Trainer:
+    """EAR's training loop on ``backend``: the frozen teacher θ* (``originals``) and the student in place."""
+
+    def __init__(
+        self, backend: Any, config: EARConfig, originals: dict[str, torch.Tensor], safe_is_uncond: bool
+    ):
+        self.backend, self.config, self.originals = backend, config, originals
+        self.safe_is_uncond = safe_is_uncond
+        self.teacher = _Components(backend.components)
+        self.steps = self.skipped = 0
+        self.reference: float | None = None  # ℓ_ref of relative TLM: the first window's loss
+
+    def frozen(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` with the original weights θ* (the frozen teacher)."""
+        return torch.func.functional_call(
+            self.teacher, self.originals, (lambda: fn(*args, **kwargs),), strict=False
+        )
+
+    def states(self, rows: Any, codes: torch.Tensor) -> torch.Tensor:
+        if self.config.context == "full":
+            return self.backend.hidden_states(rows, codes)
+        return self.backend.hidden_states_no_context(rows, codes)
+
+    def draw(self, pairs, anchors, generator) -> tuple[list[str], list[str], list[str], list[int]]:
+        """This iteration's unsafe and safe prompts, anchor prompts, and one history seed per stream."""
+        config = self.config
+        pick = torch.randint(len(pairs), (config.pairs_per_iteration,), generator=generator).tolist()
+        unsafe = [pairs[i][0] for i in pick]
+        safe = [pairs[i][1] for i in pick]
+        anchor: list[str] = []
+        if anchors:
+            chosen = torch.randint(len(anchors), (config.anchors_per_iteration,), generator=generator)
+            anchor = [anchors[i] for i in chosen.tolist()]
+        seeds = torch.randint(0, 2**31 - 1, (len(unsafe) + len(anchor),), generator=generator).tolist()
+        return unsafe, safe, anchor, seeds
+
+    @torch.no_grad()
+    def batch(self, unsafe: list[str], safe: list[str], anchor: list[str], seeds: list[int]) -> _Batch:
+        """Sample the token histories and compute the teacher's targets (ear_target and the keep states)."""
+        backend, config, frozen, states = self.backend, self.config, self.frozen, self.states
+        sample = dict(
+            guidance=config.sample_guidance or None,  # None: the model's default
+            temperature=None if config.temperature == -1 else config.temperature,
+        )
+        n = len(unsafe)
+        if config.history == "shared":
+            codes = backend.sample_tokens(unsafe + anchor, seeds, **sample)  # student, on-policy
+            codes_u, codes_a = codes[:n], codes[n:]
+            codes_s = codes_u
+        else:  # public code: independent teacher streams
+            codes_u = frozen(backend.sample_tokens, unsafe, seeds[:n], **sample)
+            codes_s = frozen(backend.sample_tokens, safe, seeds[:n], **sample)
+            codes_a = frozen(backend.sample_tokens, anchor, seeds[n:], **sample) if anchor else None
+        rows_u = backend.prompt_rows(unsafe)
+        if self.safe_is_uncond:
+            rows_s = backend.prompt_rows(unsafe, uncond=True)
+        else:
+            rows_s = backend.prompt_rows(safe)
+        rows_0 = backend.prompt_rows(unsafe, uncond=True)
+        target = ear_target(
+            frozen(states, rows_u, codes_u), frozen(states, rows_s, codes_s), config.negative_guidance
+        )
+        keep_rows = [(rows_0, codes_u)] if config.uncond_rows else []
+        if anchor:
+            keep_rows.append((backend.prompt_rows(anchor), codes_a))
+        keep_targets = [frozen(states, r, c) for r, c in keep_rows]
+        return _Batch(rows_u, codes_u, target, keep_rows, keep_targets)
+
+    def window_steps(self, batch: _Batch, spans: list[tuple[int, int]], optimizer) -> list[float]:
+        """WGA: one optimizer step per window in raster order, each window's loss with the updated θ; TLM
+        skips a window whose loss is at or under the threshold. Returns the windows' losses."""
+        config = self.config
+        losses = []
+        for start, end in spans:
+            h = self.states(batch.rows_u, batch.codes_u[:, :end])[:, start:end]  # student h_θ(u)
+            loss = nn.functional.mse_loss(h, batch.target[:, start:end])
+            for (rows, codes), kept in zip(batch.keep_rows, batch.keep_targets):
+                h_keep = self.states(rows, codes[:, :end])[:, start:end]
+                loss = loss + config.anchor_weight * nn.functional.mse_loss(h_keep, kept[:, start:end])
+            value = float(loss.detach())
+            if self.reference is None:
+                self.reference = value
+            losses.append(round(value, 6))
+            if tlm_keep(value, self.reference, config.tau, config.tlm):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                self.steps += 1
+            else:
+                self.skipped += 1
+        return losses
 
 
 class EAR:
@@ -293,148 +420,45 @@ class EAR:
                 f"{self.name} erases autoregressive image-token models; load one (e.g. --model shapes-ar)."
             )
         generator = generator or torch.Generator().manual_seed(0)
+        pairs = self._pairs(backend, concepts, config)
+        anchors = _anchor_pool(pairs, concepts, config)
+        for prompt in [p for pair in pairs for p in pair if p] + anchors:
+            backend.prompt_rows([prompt])  # one-line error now for a prompt the model cannot take
+        spans = windows(backend.num_image_tokens, config.window)
+        window_loss: list[list[float]] = []
+        with TrainedParameters(backend.parameters_for(config.target)) as trained:
+            trainer = _Trainer(backend, config, trained.originals, self.safe_is_uncond)
+            optimizer = torch.optim.Adam(trained.params.values(), lr=config.lr)
+            for _ in tqdm(range(config.iterations), desc=self.name, disable=None):
+                batch = trainer.batch(*trainer.draw(pairs, anchors, generator))
+                window_loss.append(trainer.window_steps(batch, spans, optimizer))
+            artifact = trained.delta_artifact(self.name)
+        artifact.manifest["training"] = {
+            "target": config.target,
+            "trained_parameters": int(sum(p.numel() for p in trained.params.values())),
+            "pairs": len(pairs),
+            "pair_examples": pairs[:4],
+            "anchors": len(anchors),
+            "optimizer_steps": trainer.steps,
+            "tlm_skipped_windows": trainer.skipped,
+            "tlm_reference_loss": trainer.reference,
+            "windows_per_iteration": len(spans),
+            "iteration_loss": [round(sum(w) / len(w), 6) for w in window_loss],
+            "window_loss": window_loss,
+        }
+        return artifact
+
+    def _pairs(self, backend: Any, concepts: ConceptSpec, config: EARConfig) -> list[tuple[str, str]]:
+        """The (unsafe, safe) prompt pairs: ESD-AR's against ∅, a pair file's, or the templates'."""
         if self.safe_is_uncond:
             if any(t.anchor for t in concepts.targets) or config.pairs:
                 raise ErasekitError(
                     "esd_ar erases towards the unconditional state; drop --anchor and pairs (or use ear)."
                 )
-            words = [
-                w
-                for t in concepts.targets
-                for w in [t.text, *concepts.synonyms.get(t.text, ())][: None if config.synonyms else 1]
-            ]
-            pairs = [(fix_articles(tpl.format(w)), "") for tpl in concepts.templates for w in words]
-            pairs = list(dict.fromkeys(pairs))
-        elif config.pairs:
-            pairs = read_pairs(config.pairs)
-        else:
-            pairs = template_pairs(concepts, _replacements(backend, concepts), config.synonyms)
-        anchors: list[str] = []
-        if config.anchors_per_iteration > 0:
-            if config.anchors in ("safe", "both"):  # the replacements' own prompts keep their images
-                anchors += [safe for _, safe in pairs if safe]
-            if config.anchors in ("retain", "both"):  # the model's retain prompts (naming no target)
-                anchors += list(concepts.retain)
-            anchors = list(dict.fromkeys(anchors))
-        for prompt in [p for pair in pairs for p in pair if p] + anchors:
-            backend.prompt_rows([prompt])  # one-line error now for a prompt the model cannot take
-        trained = backend.parameters_for(config.target)
-        originals = {n: p.detach().clone() for n, p in trained.items()}  # θ* of the trained part
-        teacher = _Components(backend.components)
-
-        def frozen(fn, *args, **kwargs):
-            """``fn(*args, **kwargs)`` with the original weights θ* (the frozen teacher)."""
-            return torch.func.functional_call(
-                teacher, originals, (lambda: fn(*args, **kwargs),), strict=False
-            )
-
-        def states(rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-            if config.context == "full":
-                return backend.hidden_states(rows, codes)
-            return backend.hidden_states_no_context(rows, codes)
-
-        T = backend.num_image_tokens
-        spans = windows(T, config.window)
-        log: dict[str, list] = {"window_loss": [], "skipped": [], "iteration_loss": []}
-        reference: float | None = None
-        steps = skipped = 0
-        try:
-            for p in trained.values():
-                p.requires_grad_(True)
-            optimizer = torch.optim.Adam(trained.values(), lr=config.lr)
-            for _ in tqdm(range(config.iterations), desc=self.name, disable=None):
-                pick = torch.randint(len(pairs), (config.pairs_per_iteration,), generator=generator).tolist()
-                unsafe = [pairs[i][0] for i in pick]
-                safe = [pairs[i][1] for i in pick]
-                anchor = (
-                    [
-                        anchors[i]
-                        for i in torch.randint(
-                            len(anchors), (config.anchors_per_iteration,), generator=generator
-                        ).tolist()
-                    ]
-                    if anchors
-                    else []
-                )
-                seeds = torch.randint(
-                    0, 2**31 - 1, (len(unsafe) + len(anchor),), generator=generator
-                ).tolist()
-                with torch.no_grad():
-                    sample = dict(
-                        guidance=config.sample_guidance or None,  # None: the model's default
-                        temperature=None if config.temperature == -1 else config.temperature,
-                    )
-                    if config.history == "shared":
-                        codes = backend.sample_tokens(unsafe + anchor, seeds, **sample)  # student, on-policy
-                        codes_u, codes_a = codes[: len(unsafe)], codes[len(unsafe) :]
-                        codes_s = codes_u
-                    else:  # public code: independent teacher streams
-                        n = len(unsafe)
-                        codes_u = frozen(backend.sample_tokens, unsafe, seeds[:n], **sample)
-                        codes_s = frozen(backend.sample_tokens, safe, seeds[:n], **sample)
-                        codes_a = (
-                            frozen(backend.sample_tokens, anchor, seeds[n:], **sample) if anchor else None
-                        )
-                    rows_u = backend.prompt_rows(unsafe)
-                    rows_s = (
-                        backend.prompt_rows(unsafe, uncond=True)
-                        if self.safe_is_uncond
-                        else backend.prompt_rows(safe)
-                    )
-                    rows_0 = backend.prompt_rows(unsafe, uncond=True)
-                    h_u = frozen(states, rows_u, codes_u)
-                    h_s = frozen(states, rows_s, codes_s)
-                    target = ear_target(h_u, h_s, config.negative_guidance)
-                    keep_rows = [(rows_0, codes_u)] if config.uncond_rows else []
-                    if anchor:
-                        keep_rows.append((backend.prompt_rows(anchor), codes_a))
-                    keep_targets = [frozen(states, r, c) for r, c in keep_rows]
-                iteration_losses = []
-                for start, end in spans:
-                    h = states(rows_u, codes_u[:, :end])[:, start:end]  # student h_θ(u), with the updated θ
-                    loss = nn.functional.mse_loss(h, target[:, start:end])
-                    for (rows, codes), kept in zip(keep_rows, keep_targets):
-                        h_keep = states(rows, codes[:, :end])[:, start:end]
-                        loss = loss + config.anchor_weight * nn.functional.mse_loss(
-                            h_keep, kept[:, start:end]
-                        )
-                    value = float(loss.detach())
-                    if reference is None:
-                        reference = value
-                    iteration_losses.append(round(value, 6))
-                    if tlm_keep(value, reference, config.tau, config.tlm):
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        optimizer.step()
-                        steps += 1
-                    else:
-                        skipped += 1
-                log["window_loss"].append(iteration_losses)
-                log["iteration_loss"].append(round(sum(iteration_losses) / len(iteration_losses), 6))
-            artifact = Artifact(self.name)
-            with torch.no_grad():
-                for name, param in trained.items():
-                    artifact.add_weight(name, param.detach() - originals[name], mode="delta")
-        finally:
-            with torch.no_grad():
-                for name, param in trained.items():
-                    param.requires_grad_(False)
-                    param.grad = None
-                    param.copy_(originals[name])
-        artifact.manifest["training"] = {
-            "target": config.target,
-            "trained_parameters": int(sum(p.numel() for p in trained.values())),
-            "pairs": len(pairs),
-            "pair_examples": pairs[:4],
-            "anchors": len(anchors),
-            "optimizer_steps": steps,
-            "tlm_skipped_windows": skipped,
-            "tlm_reference_loss": reference,
-            "windows_per_iteration": len(spans),
-            "iteration_loss": log["iteration_loss"],
-            "window_loss": log["window_loss"],
-        }
-        return artifact
+            return _uncond_pairs(concepts, config.synonyms)
+        if config.pairs:
+            return read_pairs(config.pairs)
+        return template_pairs(concepts, _replacements(backend, concepts), config.synonyms)
 
 
 class ESDAR(EAR):
