@@ -344,85 +344,13 @@ class _SecretUnlearning:
         retain_texts: list[str] = []
         if self.uses_retain:
             retain_texts, retain_info = _retain_texts(backend, config, seed)
-
-        model = backend.trainable_copy()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        adapters: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
-        if config.adapter_rank:
-            inner = _attach_adapters(model, backend.modules_for(config.target), config.adapter_rank, seed)
-            adapters = {
-                name: (inner[f"{name}/down"], inner[f"{name}/up"])
-                for name in backend.modules_for(config.target)
-            }
-        else:
-            own = dict(model.named_parameters())
-            inner = {name: own[name.removeprefix("model.")] for name in backend.parameters_for(config.target)}
-            for p in inner.values():
-                p.requires_grad_(True)
+        model, inner, adapters = _trainable_copy(backend, config, seed)
         originals = {name: p.detach().clone() for name, p in inner.items()}
         model.train()
-
-        forget_batches = [
-            _encode(backend, [s.text for s in chunk], [list(s.spans) for s in chunk], config.max_len)
-            for chunk in (
-                samples[i : i + config.batch_size] for i in range(0, len(samples), config.batch_size)
-            )
-        ]
-        retain_batches = [
-            _encode(backend, retain_texts[i : i + config.batch_size], None, config.max_len)
-            for i in range(0, len(retain_texts), config.batch_size)
-        ]
-        if self.uses_kl:  # p_ref is frozen and the batches fixed: its logits are computed once
-            with torch.no_grad():
-                for b in forget_batches + retain_batches:
-                    b.ref_logits = backend.logits(b.input_ids, b.attention_mask)[:, :-1]
-        if not any(bool((b.secret & b.attention_mask.bool()).any()) for b in forget_batches):
-            raise ErasekitError(
-                f"No secret token of {config.forget_file} lies within max_len={config.max_len} tokens; raise max_len."
-            )
+        forget_batches, retain_batches = self._batches(backend, samples, retain_texts, config)
         examples = secret_examples(backend, samples, max_len=config.max_len)
-
-        optimizer = torch.optim.Adam(list(inner.values()), lr=config.lr, betas=(0.9, 0.98))
-        curve, best_el, stale, stop_reason = [], math.inf, 0, "max_epochs"
-        ma0 = sum(secret_ma(backend, examples)) / len(examples)
-        curve.append({"epoch": 0, "forget_ma": round(ma0, 4)})
-        for epoch in range(1, config.max_epochs + 1):
-            model.train()
-            losses = []
-            for index, forget in enumerate(forget_batches):
-                ce, kl, real, m = _terms(backend, model, forget)
-                loss = self.forget_loss(config, ce, kl, real, m)
-                if retain_batches:
-                    retain = retain_batches[(epoch * len(forget_batches) + index) % len(retain_batches)]
-                    r_ce, r_kl, r_real, _ = _terms(backend, model, retain)
-                    loss = loss + retain_loss(r_kl, r_real, config.lam, config.alpha)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    nn.utils.clip_grad_norm_(list(inner.values()), config.grad_clip)
-                optimizer.step()
-                losses.append(float(loss.detach()))
-            model.eval()
-            ma = sum(secret_ma(backend, examples, model)) / len(examples)
-            point = {"epoch": epoch, "loss": round(sum(losses) / len(losses), 4), "forget_ma": round(ma, 4)}
-            if ma <= ma_thr + config.margin:
-                el = sum(secret_el(backend, examples, config.el_n, model)) / len(examples)
-                point[f"forget_el{config.el_n}"] = round(el, 4)
-                if el < best_el - 1e-9:
-                    best_el, stale = el, 0
-                else:
-                    stale += 1
-                curve.append(point)
-                if ma < ma_thr and el < el_thr:
-                    stop_reason = "ma_and_el_below_unseen"
-                    break
-                if ma < ma_thr and stale >= config.patience:
-                    stop_reason = f"ma_below_unseen_el_stalled_{config.patience}_epochs"
-                    break
-            else:
-                curve.append(point)
-
+        loop = _UnlearningLoop(self, backend, model, config, examples, forget_batches, retain_batches)
+        curve, stop_reason = loop.run(inner, ma_thr, el_thr)
         artifact = Artifact(method=self.name)  # type: ignore[attr-defined]
         with torch.no_grad():
             if adapters:
@@ -446,6 +374,111 @@ class _SecretUnlearning:
             "tokenizer_fingerprint": backend.tokenizer_fingerprint(),
         }
         return artifact
+
+    def _batches(
+        self, backend: Any, samples: list[ForgetSample], retain_texts: list[str], config: Any
+    ) -> tuple[list[_Batch], list[_Batch]]:
+        """The fixed forget and retain batches, with p_ref's logits when the objective has a KL term."""
+        size = config.batch_size
+        forget_batches = [
+            _encode(backend, [s.text for s in chunk], [list(s.spans) for s in chunk], config.max_len)
+            for chunk in (samples[i : i + size] for i in range(0, len(samples), size))
+        ]
+        retain_batches = [
+            _encode(backend, retain_texts[i : i + size], None, config.max_len)
+            for i in range(0, len(retain_texts), size)
+        ]
+        if self.uses_kl:  # p_ref is frozen and the batches fixed: its logits are computed once
+            with torch.no_grad():
+                for b in forget_batches + retain_batches:
+                    b.ref_logits = backend.logits(b.input_ids, b.attention_mask)[:, :-1]
+        if not any(bool((b.secret & b.attention_mask.bool()).any()) for b in forget_batches):
+            raise ErasekitError(
+                f"No secret token of {config.forget_file} lies within max_len={config.max_len} tokens; raise max_len."
+            )
+        return forget_batches, retain_batches
+
+
+def _trainable_copy(
+    backend: Any, config: Any, seed: int
+) -> tuple[nn.Module, dict[str, nn.Parameter], dict[str, tuple[nn.Parameter, nn.Parameter]]]:
+    """A copy of the model with only the trained tensors requiring grad: ``(copy, trained, adapters)``.
+
+    ``trained`` maps qualified names to the copy's own parameters (full fine-tuning) or to new LoRA
+    factors ``NAME/down`` and ``NAME/up`` (``adapter_rank`` > 0; then ``adapters`` pairs them by module).
+    """
+    model = backend.trainable_copy()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if config.adapter_rank:
+        modules = backend.modules_for(config.target)
+        inner = _attach_adapters(model, modules, config.adapter_rank, seed)
+        return model, inner, {name: (inner[f"{name}/down"], inner[f"{name}/up"]) for name in modules}
+    own = dict(model.named_parameters())
+    inner = {name: own[name.removeprefix("model.")] for name in backend.parameters_for(config.target)}
+    for p in inner.values():
+        p.requires_grad_(True)
+    return model, inner, {}
+
+
+@dataclass
+class _UnlearningLoop:
+    """Epochs of forget (+ retain) steps on the copy, with the paper's stopping rule checked after each."""
+
+    method: _SecretUnlearning
+    backend: Any
+    model: nn.Module
+    config: Any
+    examples: list
+    forget_batches: list[_Batch]
+    retain_batches: list[_Batch]
+
+    def epoch(self, epoch: int, params: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> float:
+        """One pass over the forget batches (each paired with the next retain batch); the mean loss."""
+        config, backend, model = self.config, self.backend, self.model
+        model.train()
+        losses = []
+        for index, forget in enumerate(self.forget_batches):
+            ce, kl, real, m = _terms(backend, model, forget)
+            loss = self.method.forget_loss(config, ce, kl, real, m)
+            if self.retain_batches:
+                which = (epoch * len(self.forget_batches) + index) % len(self.retain_batches)
+                _, r_kl, r_real, _ = _terms(backend, model, self.retain_batches[which])
+                loss = loss + retain_loss(r_kl, r_real, config.lam, config.alpha)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        model.eval()
+        return sum(losses) / len(losses)
+
+    def run(self, inner: dict[str, nn.Parameter], ma_thr: float, el_thr: float) -> tuple[list[dict], str]:
+        """Train until MA and EL are below the unseen levels (or MA is, and EL stalled); the curve and why."""
+        config, backend, examples = self.config, self.backend, self.examples
+        params = list(inner.values())
+        optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.98))
+        best_el, stale = math.inf, 0
+        curve = [{"epoch": 0, "forget_ma": round(sum(secret_ma(backend, examples)) / len(examples), 4)}]
+        for epoch in range(1, config.max_epochs + 1):
+            loss = self.epoch(epoch, params, optimizer)
+            ma = sum(secret_ma(backend, examples, self.model)) / len(examples)
+            point = {"epoch": epoch, "loss": round(loss, 4), "forget_ma": round(ma, 4)}
+            curve.append(point)
+            if ma > ma_thr + config.margin:
+                continue
+            el = sum(secret_el(backend, examples, config.el_n, self.model)) / len(examples)
+            point[f"forget_el{config.el_n}"] = round(el, 4)
+            if el < best_el - 1e-9:
+                best_el, stale = el, 0
+            else:
+                stale += 1
+            if ma < ma_thr and el < el_thr:
+                return curve, "ma_and_el_below_unseen"
+            if ma < ma_thr and stale >= config.patience:
+                return curve, f"ma_below_unseen_el_stalled_{config.patience}_epochs"
+        return curve, "max_epochs"
 
 
 # Seconds-scale settings for the conformance suite (the model's own forget set, two epochs, no stop).
