@@ -383,8 +383,7 @@ def train_ip_adapter(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     pipe = load_shipped_pipeline(model)
-    unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
-    for module in (unet, vae, text_encoder):
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
     judge = load_judge()
     info: dict[str, Any] = {"name": "erasekit ShapesWorld IP-Adapter", "recipe": dataclasses.asdict(config)}
@@ -396,7 +395,7 @@ def train_ip_adapter(
     log(f"rendered {len(images)} images in {time.time() - start:.0f}s")
 
     t0 = time.time()
-    token_targets = caption_token_targets(tokenizer, text_encoder, labels)
+    token_targets = caption_token_targets(pipe.tokenizer, pipe.text_encoder, labels)
     encoder = build_image_encoder(config)
     info["encoder"], projection_init = train_image_encoder(
         encoder, images, labels, token_targets, config, generator, log
@@ -408,14 +407,78 @@ def train_ip_adapter(
     t0 = time.time()
     with torch.no_grad():
         embeds = image_embeds(encoder, images)
-        latents = torch.cat(
-            [
-                vae.encode(images[i : i + 256] * 2 - 1).latent_dist.mean * vae.config.scaling_factor
-                for i in range(0, len(images), 256)
-            ]
-        )
+        latents = _latents(pipe.vae, images)
     info["precompute_seconds"] = round(time.time() - t0, 1)
 
+    params = _attach_adapter(pipe, config, generator, projection_init)
+    info["adapter_parameters"] = sum(p.numel() for p in params)
+    step_fn = _AdapterStep(pipe, config, labels, latents, embeds, generator)
+    eval_labels = sample_labels(config.eval_images, torch.Generator().manual_seed(config.seed + 500))
+    evaluations: list[dict] = []
+
+    def evaluate(step: int) -> None:
+        pipe.unet.eval()
+        acc = evaluate_image_prompts(pipe, encoder, judge, eval_labels, seed=config.seed + 501)
+        evaluations.append({"step": step, "minutes": round((time.time() - t_train) / 60, 2), **acc})
+        log(f"eval step {step}: {acc}")
+
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    losses: list[float] = []
+    t_train = time.time()
+    evaluate(0)
+    for step in range(config.steps):
+        if (time.time() - t_train) / 60 > config.max_minutes:
+            log(f"time budget reached at step {step}")
+            break
+        for group in optimiser.param_groups:
+            group["lr"] = config.lr * _lr_factor(step, config.steps)
+        loss = step_fn.loss()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+        if step % 100 == 0:
+            log(f"step {step} loss {_mean(losses[-100:]):.5f} ({time.time() - t_train:.0f}s)")
+        if config.eval_every and step > 0 and step % config.eval_every == 0:
+            evaluate(step)
+    info["train"] = {
+        "steps": len(losses),
+        "seconds": round(time.time() - t_train, 1),
+        "loss_first_100": round(_mean(losses[:100]), 5),
+        "loss_last_100": round(_mean(losses[-100:]), 5),
+    }
+    for p in params:
+        p.requires_grad_(False)
+    evaluate(len(losses))
+    info["evaluations"] = evaluations
+    info["seconds_total"] = round(time.time() - start, 1)
+    info["machine"] = (
+        f"{os.cpu_count()} logical CPUs; torch {torch.__version__}; {torch.get_num_threads()} threads"
+    )
+    info["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if out is not None:
+        save_adapter(out, pipe.unet, encoder, info)
+    return info
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / max(1, len(values))
+
+
+def _latents(vae, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """The VAE's scaled posterior means of ``images`` (in [0, 1]), in batches."""
+    return torch.cat(
+        [
+            vae.encode(images[i : i + batch] * 2 - 1).latent_dist.mean * vae.config.scaling_factor
+            for i in range(0, len(images), batch)
+        ]
+    )
+
+
+def _attach_adapter(pipe, config: IPAdapterConfig, generator, projection_init) -> list[nn.Parameter]:
+    """Load a fresh IP-Adapter into ``pipe`` (projection warm-started from the encoder's) and return its
+    trainable parameters, with requires_grad on."""
+    unet = pipe.unet
     state = initial_state_dict(unet, config.embed_dim, generator)
     if config.token_weight > 0:
         state["image_proj"].update(projection_init)
@@ -429,92 +492,60 @@ def train_ip_adapter(
     params = [p for p in adapter_parameters(unet) if id(p) not in frozen]
     for p in params:
         p.requires_grad_(True)
-    info["adapter_parameters"] = sum(p.numel() for p in params)
+    return params
 
-    train_scheduler = backend_ip.training_scheduler(pipe)
-    alphas = train_scheduler.alphas_cumprod
-    eval_labels = sample_labels(config.eval_images, torch.Generator().manual_seed(config.seed + 500))
-    evaluations = []
 
-    def evaluate(step: int) -> None:
-        unet.eval()
-        acc = evaluate_image_prompts(pipe, encoder, judge, eval_labels, seed=config.seed + 501)
-        evaluations.append({"step": step, "minutes": round((time.time() - t_train) / 60, 2), **acc})
-        log(f"eval step {step}: {acc}")
+class _AdapterStep:
+    """One denoising-loss batch of the adapter: v-prediction MSE (min-SNR-γ weighted) on a random batch
+    of the pool, with image embeddings dropped and captions emptied at the recipe's rates."""
 
-    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    losses: list[float] = []
-    t_train = time.time()
-    evaluate(0)
-    step = 0
-    for step in range(config.steps):
-        if (time.time() - t_train) / 60 > config.max_minutes:
-            log(f"time budget reached at step {step}")
-            break
-        for group in optimiser.param_groups:
-            group["lr"] = config.lr * _lr_factor(step, config.steps)
-        idx = torch.randint(len(images), (config.batch,), generator=generator)
-        x0 = latents[idx]
-        e = embeds[idx].clone()
-        drop = torch.rand(config.batch, generator=generator) < config.p_drop_image
-        e[drop] = 0
-        texts = [
+    def __init__(self, pipe, config: IPAdapterConfig, labels, latents, embeds, generator):
+        self.pipe, self.config, self.labels = pipe, config, labels
+        self.latents, self.embeds, self.generator = latents, embeds, generator
+        self.scheduler = backend_ip.training_scheduler(pipe)
+
+    def captions(self, idx: list[int]) -> list[str]:
+        config, generator = self.config, self.generator
+        return [
             ""
             if float(torch.rand((), generator=generator)) < config.p_empty_text
-            else caption(labels[i], generator, 0.13)
-            for i in idx.tolist()
+            else caption(self.labels[i], generator, 0.13)
+            for i in idx
         ]
-        with torch.no_grad():
-            cond = text_encoder(
-                tokenizer(
-                    texts,
-                    padding="max_length",
-                    max_length=tokenizer.model_max_length,
-                    truncation=True,
-                    return_tensors="pt",
-                ).input_ids
-            )[0]
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        tokenizer = self.pipe.tokenizer
+        ids = tokenizer(
+            texts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.pipe.text_encoder(ids)[0]
+
+    def loss(self) -> torch.Tensor:
+        config, generator, scheduler = self.config, self.generator, self.scheduler
+        idx = torch.randint(len(self.latents), (config.batch,), generator=generator)
+        x0 = self.latents[idx]
+        e = self.embeds[idx].clone()
+        drop = torch.rand(config.batch, generator=generator) < config.p_drop_image
+        e[drop] = 0
+        cond = self.encode(self.captions(idx.tolist()))
         noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, train_scheduler.config.num_train_timesteps, (config.batch,), generator=generator)
-        x_t = train_scheduler.add_noise(x0, noise, t)
-        target = train_scheduler.get_velocity(x0, noise, t)
-        pred = unet(
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch,), generator=generator)
+        x_t = scheduler.add_noise(x0, noise, t)
+        target = scheduler.get_velocity(x0, noise, t)
+        pred = self.pipe.unet(
             x_t, t, encoder_hidden_states=cond, added_cond_kwargs={"image_embeds": [e[:, None, :]]}
         ).sample
         per = ((pred - target) ** 2).mean((1, 2, 3))
         if config.min_snr_gamma > 0:
+            alphas = scheduler.alphas_cumprod
             snr = alphas[t] / (1 - alphas[t])
             per = per * (torch.clamp(snr, max=config.min_snr_gamma) / (snr + 1))
-        loss = per.mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
-        if step % 100 == 0:
-            log(
-                f"step {step} loss {sum(losses[-100:]) / len(losses[-100:]):.5f} ({time.time() - t_train:.0f}s)"
-            )
-        if config.eval_every and step > 0 and step % config.eval_every == 0:
-            evaluate(step)
-    steps_done = len(losses)
-    info["train"] = {
-        "steps": steps_done,
-        "seconds": round(time.time() - t_train, 1),
-        "loss_first_100": round(sum(losses[:100]) / max(1, len(losses[:100])), 5),
-        "loss_last_100": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5),
-    }
-    for p in params:
-        p.requires_grad_(False)
-    evaluate(steps_done)
-    info["evaluations"] = evaluations
-    info["seconds_total"] = round(time.time() - start, 1)
-    info["machine"] = (
-        f"{os.cpu_count()} logical CPUs; torch {torch.__version__}; {torch.get_num_threads()} threads"
-    )
-    info["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if out is not None:
-        save_adapter(out, unet, encoder, info)
-    return info
+        return per.mean()
 
 
 def main(argv: list[str] | None = None) -> int:
