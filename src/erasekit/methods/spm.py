@@ -419,68 +419,13 @@ class SPM:
         chooser = random.Random(seed)
         modules = backend.modules_for(config.target)
         scale = config.alpha / config.rank
-
-        with torch.no_grad():
-            uncond = backend.encode_prompts([""])
-            pairs = []  # (prompt embeddings [P, L, D], neutral embeddings [P, L, D]) per target
-            for target in concepts.targets:
-                templates = list(concepts.templates) if config.use_templates else ["{}"]
-                prompts = [t.format(target.text) for t in templates]
-                neutrals = neutral_prompts(templates, target.anchor, config.neutral)
-                pairs.append((backend.encode_prompts(prompts), backend.encode_prompts(neutrals)))
-            preserve_texts = [p for c in concepts.preserve for p in concepts.prompts(c)]
-            preserved = (
-                backend.encode_prompts(preserve_texts) if preserve_texts and config.preserve_anchors else None
-            )
-            # what the denoiser reads as encoder_hidden_states (SDXL/SD3/FLUX: without the pooled part)
-            gate_embeddings = backend.denoiser_context(backend.encode_prompts(concepts.erase_texts))
-            gate_ids = backend.token_ids(concepts.erase_texts)
-
+        data = _encode_spec(backend, concepts, config)
         membranes = Membranes(modules, config.rank, scale, generator)
         optimizer = torch.optim.Adam(membranes.parameters(), lr=config.lr)
-        timesteps = backend.sampling_timesteps(config.ddim_steps)
-        latent_shape = backend.latent_shape()
         losses = []
         try:
             for _step in range(config.iterations):
-                prompts, neutrals = pairs[chooser.randrange(len(pairs))]
-                i = chooser.randrange(prompts.shape[0])
-                cond, neutral = prompts[i : i + 1], neutrals[i : i + 1]
-                stop = chooser.randrange(1, config.ddim_steps)
-                noise = torch.randn((1, *latent_shape), generator=generator).to(backend.device, backend.dtype)
-                with torch.no_grad(), membranes.on():
-                    x_t = backend.denoise(
-                        noise,
-                        cond,
-                        uncond,
-                        steps=config.ddim_steps,
-                        guidance=config.trajectory_guidance,
-                        stop=stop,
-                    )
-                t = timesteps[stop]
-                anchors = (
-                    sample_anchors(cond[0], config.anchors_per_step, generator)
-                    if config.anchors_per_step
-                    else cond[:0]
-                )
-                if preserved is not None:
-                    picks = [chooser.randrange(preserved.shape[0]) for _ in range(config.preserve_anchors)]
-                    anchors = torch.cat([anchors, preserved[picks]])
-                n_anchor = anchors.shape[0]
-                with torch.no_grad(), membranes.off():
-                    teacher = backend.predict_noise(
-                        x_t.repeat(2 + n_anchor, 1, 1, 1), t, torch.cat([cond, neutral, anchors])
-                    )
-                eps_positive, eps_neutral, eps_anchor_original = teacher[:1], teacher[1:2], teacher[2:]
-                with membranes.on():
-                    student = backend.predict_noise(
-                        x_t.repeat(1 + n_anchor, 1, 1, 1), t, torch.cat([cond, anchors])
-                    )
-                loss = nn.functional.mse_loss(student[:1], esd_target(eps_positive, eps_neutral, config.eta))
-                if n_anchor:
-                    loss = loss + config.anchor_weight * nn.functional.mse_loss(
-                        student[1:], eps_anchor_original
-                    )
+                loss = _latent_anchoring_loss(backend, config, data, membranes, chooser, generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.max_grad_norm > 0:
@@ -494,6 +439,7 @@ class SPM:
         for name in modules:
             artifact.add_adapter(name, membranes.down[name], membranes.up[name], scale)
         tokenizer = getattr(backend, "tokenizer", None)
+        gate_ids = data.gate_ids
         special = sorted(
             {int(i) for i in (getattr(tokenizer, "all_special_ids", None) or []) if i is not None}
             | {int(gate_ids[0, 0]), int(gate_ids[0, -1])}
@@ -501,10 +447,71 @@ class SPM:
         artifact.add_hook(
             "spm_gate",
             backend.denoiser_name,
-            {"target_embeddings": gate_embeddings, "target_token_ids": gate_ids.to(torch.int64)},
+            {"target_embeddings": data.gate_embeddings, "target_token_ids": gate_ids.to(torch.int64)},
             {"mode": config.gate, "special_token_ids": special, "concepts": concepts.erase_texts},
             gate=True,
         )
         tail = losses[-min(20, len(losses)) :]
         artifact.manifest["training"] = {"final_loss": sum(tail) / len(tail), "first_loss": losses[0]}
         return artifact
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """The spec's prompts as the model reads them, encoded once before training."""
+
+    uncond: torch.Tensor
+    pairs: list[tuple[torch.Tensor, torch.Tensor]]  # per target: (prompts [P, L, D], neutrals [P, L, D])
+    preserved: torch.Tensor | None  # the preserve concepts' prompts (latent anchors), or None
+    gate_embeddings: torch.Tensor  # what the denoiser reads as context (SDXL/SD3/FLUX: no pooled part)
+    gate_ids: torch.Tensor
+
+
+@torch.no_grad()
+def _encode_spec(backend, concepts: ConceptSpec, config: SPMConfig) -> _Encoded:
+    pairs = []
+    uncond = backend.encode_prompts([""])
+    for target in concepts.targets:
+        templates = list(concepts.templates) if config.use_templates else ["{}"]
+        prompts = [t.format(target.text) for t in templates]
+        neutrals = neutral_prompts(templates, target.anchor, config.neutral)
+        pairs.append((backend.encode_prompts(prompts), backend.encode_prompts(neutrals)))
+    preserve_texts = [p for c in concepts.preserve for p in concepts.prompts(c)]
+    preserved = backend.encode_prompts(preserve_texts) if preserve_texts and config.preserve_anchors else None
+    gate_embeddings = backend.denoiser_context(backend.encode_prompts(concepts.erase_texts))
+    return _Encoded(uncond, pairs, preserved, gate_embeddings, backend.token_ids(concepts.erase_texts))
+
+
+def _latent_anchoring_loss(
+    backend, config: SPMConfig, data: _Encoded, membranes: Membranes, chooser, generator
+) -> torch.Tensor:
+    """One step's loss: the ESD target of a prompt at a random trajectory state x_t (sampled with the
+    membrane on), plus latent anchoring: anchor prompts' noise predictions held to the original's."""
+    prompts, neutrals = data.pairs[chooser.randrange(len(data.pairs))]
+    i = chooser.randrange(prompts.shape[0])
+    cond, neutral = prompts[i : i + 1], neutrals[i : i + 1]
+    stop = chooser.randrange(1, config.ddim_steps)
+    noise = torch.randn((1, *backend.latent_shape()), generator=generator).to(backend.device, backend.dtype)
+    with torch.no_grad(), membranes.on():
+        x_t = backend.denoise(
+            noise, cond, data.uncond, steps=config.ddim_steps, guidance=config.trajectory_guidance, stop=stop
+        )
+    t = backend.sampling_timesteps(config.ddim_steps)[stop]
+    anchors = (
+        sample_anchors(cond[0], config.anchors_per_step, generator) if config.anchors_per_step else cond[:0]
+    )
+    if data.preserved is not None:
+        picks = [chooser.randrange(data.preserved.shape[0]) for _ in range(config.preserve_anchors)]
+        anchors = torch.cat([anchors, data.preserved[picks]])
+    n_anchor = anchors.shape[0]
+    with torch.no_grad(), membranes.off():
+        teacher = backend.predict_noise(
+            x_t.repeat(2 + n_anchor, 1, 1, 1), t, torch.cat([cond, neutral, anchors])
+        )
+    eps_positive, eps_neutral, eps_anchor_original = teacher[:1], teacher[1:2], teacher[2:]
+    with membranes.on():
+        student = backend.predict_noise(x_t.repeat(1 + n_anchor, 1, 1, 1), t, torch.cat([cond, anchors]))
+    loss = nn.functional.mse_loss(student[:1], esd_target(eps_positive, eps_neutral, config.eta))
+    if n_anchor:
+        loss = loss + config.anchor_weight * nn.functional.mse_loss(student[1:], eps_anchor_original)
+    return loss
