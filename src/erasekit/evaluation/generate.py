@@ -172,6 +172,25 @@ def load_images(rows: Iterable[dict], out_dir: str | os.PathLike) -> torch.Tenso
 
 
 # ---- generation --------------------------------------------------------------------------------------------
+def _check_resume(folder: Path, done: dict[str, dict], rows: Sequence[dict], settings: dict) -> None:
+    """Refuse to resume into ``folder`` when a row it holds has another prompt, seed or setting."""
+    by_id = {r["id"]: r for r in rows}
+    for rid, old in done.items():
+        if rid not in by_id:
+            continue
+        new = by_id[rid]
+        if (old.get("prompt"), old.get("seed")) != (new["prompt"], new["seed"]):
+            raise ErasekitError(
+                f"{folder} already holds row {rid} with another prompt or seed; use a fresh output folder"
+            )
+        for key in _SETTINGS:
+            if old.get(key) != settings[key]:
+                raise ErasekitError(
+                    f"{folder} holds images made with {key}={old.get(key)!r}, not {settings[key]!r}; "
+                    "use a fresh output folder or the same settings"
+                )
+
+
 def generate_rows(
     backend: Any,
     rows: Sequence[dict],
@@ -224,22 +243,7 @@ def generate_rows(
         "model_fingerprint": backend.fingerprint(),
     }
     done = {r["id"]: r for r in read_manifest(folder)}
-    by_id = {r["id"]: r for r in rows}
-    for rid, old in done.items():
-        if rid not in by_id:
-            continue
-        new = by_id[rid]
-        if (old.get("prompt"), old.get("seed")) != (new["prompt"], new["seed"]):
-            raise ErasekitError(
-                f"{folder} already holds row {rid} with another prompt or seed; use a fresh output folder"
-            )
-        for key in _SETTINGS:
-            if old.get(key) != settings[key]:
-                raise ErasekitError(
-                    f"{folder} holds images made with {key}={old.get(key)!r}, not {settings[key]!r}; "
-                    "use a fresh output folder or the same settings"
-                )
-
+    _check_resume(folder, done, rows, settings)
     batches = [list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)]
     mine = [(k, b) for k, b in enumerate(batches) if k % count == index]
     todo = [(k, b) for k, b in mine if any(rows[i]["id"] not in done for i in b)]
