@@ -82,6 +82,29 @@ def read_prompt_file(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def _domain_accuracy(judged: Sequence[dict]) -> tuple[dict[str, float], dict[str, int]]:
+    """Fraction of labelled rows the judge got right, and how many rows are labelled, per domain."""
+    accuracy, counts = {}, {}
+    for domain in DOMAINS:
+        labelled = [r for r in judged if domain in r["labels"]]
+        if labelled:
+            counts[domain] = len(labelled)
+            right = sum(r["prediction"][domain] == r["labels"][domain] for r in labelled)
+            accuracy[domain] = round(right / len(labelled), 6)
+    return accuracy, counts
+
+
+def _write_judged_rows(judged: Sequence[dict], path: Path) -> None:
+    """Write one JSON line per judged row: its prompt, labels, prediction and which labels it got right."""
+    keys = ("id", "line", "prompt", "seed", "labels", "prediction")
+    lines = []
+    for r in judged:
+        record = {k: r[k] for k in keys}
+        record["correct"] = {d: r["prediction"][d] == r["labels"][d] for d in r["labels"]}
+        lines.append(json.dumps(record) + "\n")
+    atomic_write_bytes(path, "".join(lines).encode())
+
+
 def score_prompt_file(
     model: Any,
     artifacts: Sequence[Any],
@@ -148,33 +171,9 @@ def score_prompt_file(
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
-    accuracy, counts = {}, {}
-    for domain in DOMAINS:
-        labelled = [r for r in judged if domain in r["labels"]]
-        if labelled:
-            counts[domain] = len(labelled)
-            accuracy[domain] = round(
-                sum(r["prediction"][domain] == r["labels"][domain] for r in labelled) / len(labelled), 6
-            )
+    accuracy, counts = _domain_accuracy(judged)
     if rows_out is not None:
-        lines = []
-        for r in judged:
-            correct = {d: r["prediction"][d] == r["labels"][d] for d in r["labels"]}
-            lines.append(
-                json.dumps(
-                    {
-                        "id": r["id"],
-                        "line": r["line"],
-                        "prompt": r["prompt"],
-                        "seed": r["seed"],
-                        "labels": r["labels"],
-                        "prediction": r["prediction"],
-                        "correct": correct,
-                    }
-                )
-                + "\n"
-            )
-        atomic_write_bytes(Path(rows_out), "".join(lines).encode())
+        _write_judged_rows(judged, Path(rows_out))
     return {
         "accuracy": accuracy,
         "counts": counts,
