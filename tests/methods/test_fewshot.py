@@ -236,6 +236,32 @@ def test_verification_decides_stop_continue_and_restart(tiny_backend, monkeypatc
         assert training["preserve_weight_final"] == expected
 
 
+def test_a_verified_attempt_beats_an_earlier_unconfirmed_tie(tiny_backend, monkeypatch):
+    """An attempt whose last check at the cap passed but was never confirmed scores 0, as a verified one
+    does: the verified one (the later attempt here) must be the one returned."""
+    from erasekit.methods import fewshot
+
+    scripted = iter(["steps", "verified"])
+
+    def fake_train(self, backend, concepts, config, params, data, generator, rng, verifier, mix):
+        stopped = next(scripted)
+        check = {"step": 3, "present": {"cat": 0.0}, "kept": 1.0}
+        return {
+            "stopped_by": stopped,
+            "verified": stopped == "verified",
+            "verification": {"baseline_kept": 1.0, "checks": [check]},
+        }
+
+    monkeypatch.setattr(fewshot.FewShot, "_train", fake_train)
+    monkeypatch.setattr(fewshot.Verifier, "active", True, raising=False)
+    monkeypatch.setattr(fewshot.Verifier, "__init__", lambda self, *a, **k: None)
+    quick = [o for o in FAST if o != "verify=0"] + ["verify=2", "restarts=2"]
+    training = erase(tiny_backend, quick).manifest["training"]
+    assert [a["stopped_by"] for a in training["attempts"]] == ["steps", "verified"]
+    assert [a["score"] for a in training["attempts"]] == [0.0, 0.0]
+    assert training["stopped_by"] == "verified" and training["verified"] is True
+
+
 class _HalfBackend:
     """A denoiser whose prediction reads the caption only in the left half of the image."""
 

@@ -403,7 +403,9 @@ class FewShot:
                     "score": left,
                 }
             )
-            if best is None or (left is not None and left < best[0]):
+            # a verified attempt (passed a check and its confirmation) beats any unverified one, even one
+            # whose last, unconfirmed check at the step cap scored as well
+            if best is None or report["stopped_by"] == "verified" or (left is not None and left < best[0]):
                 best = (math.inf if left is None else left, artifact, report)
             if report["stopped_by"] != "steps" or left is None:
                 break  # stopped by its rule (bound, verification, trust region), or nothing to verify
