@@ -106,7 +106,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -664,92 +664,143 @@ class FewShot:
         probes = self._probe_set(backend, concepts, data, config, generator, weights, mask)
         rule = self._stopping_rule(backend, concepts, config, probes, rng)
         ceiling = rule.pop("ceiling")
+        bounded = math.isfinite(ceiling)
         neutral = TrustPrompts(backend, concepts)
         for p in params.values():
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(
             list(params.values()), lr=config.lr, betas=(0.9, config.adam_beta2), eps=1e-6, weight_decay=1e-8
         )
-        n_images = sum(item["latents"].shape[0] for item in data)
-        steps = config.epochs * math.ceil(n_images / config.batch_size)
-        pool = [(k, i) for k, item in enumerate(data) for i in range(item["latents"].shape[0])]
-        history, stopped, loss_now = [], "steps", rule["probe_loss_initial"]
-        weight, loss_checked = config.preserve_weight, loss_now
-        stall = config.stall_fraction * (ceiling - loss_now) if math.isfinite(ceiling) else 0.0
-        order: list[tuple[int, int]] = []
-        relax = config.relax_steps if math.isfinite(ceiling) and config.preserve_weight > 0 else 0
-        verifier = verifier if math.isfinite(ceiling) else None
-        checks: list[dict[str, Any]] = []
-        next_check, interval = 0, 0
+        batches = _Batches(data, config.batch_size, rng)
+        steps = config.epochs * math.ceil(len(batches.pool) / config.batch_size)
+        relax = config.relax_steps if bounded and config.preserve_weight > 0 else 0
+        run = _Run(rule["probe_loss_initial"], config.preserve_weight)
+        stall = config.stall_fraction * (ceiling - run.loss_now) if bounded else 0.0
+        verifier = verifier if bounded else None
         start = ceiling if verifier is None else ceiling / config.stop_factor * config.verify_from
         for step in range(steps + relax):
-            if loss_now >= start:
+            if run.loss_now >= start:
                 if verifier is None:
-                    stopped = "loss_bound"
+                    run.stopped = "loss_bound"
                     break
-                if step >= next_check:
-                    erased, kept = self._verify(backend, verifier, config, step, checks)
-                    if erased and kept:
-                        stopped = "verified"
-                        break
-                    if not kept:  # the rest is being damaged: tighten the trust region (dual ascent on λ)
-                        weight = min(weight * 2, config.preserve_weight * 8)
-                    # back off: a concept far from gone need not be sampled every few steps
-                    next_check = step + math.ceil(config.verify_every * config.verify_backoff**interval)
-                    interval += 1
-            if len(order) < config.batch_size:
-                shuffled = pool[:]
-                rng.shuffle(shuffled)
-                order += shuffled
-            batch, order = order[: config.batch_size], order[config.batch_size :]
+                if self._gate(backend, verifier, config, step, run):
+                    break
             loss, ascent = self._batch_loss(
-                backend, concepts, config, data, batch, neutral, weight, weights, generator, rng, mask
+                backend,
+                concepts,
+                config,
+                data,
+                batches.next(),
+                neutral,
+                run.weight,
+                weights,
+                generator,
+                rng,
+                mask,
             )
             drift_now, shrink, undone = self._optimizer_step(optimizer, loss, params, config, neutral.drift)
             if undone:
-                stopped = "trust_region"
-                history.append(
+                run.stopped = "trust_region"
+                run.history.append(
                     {"step": step, "train_loss": ascent.item(), "drift": drift_now, "undone": True}
                 )
                 break
             if (step + 1) % config.check_every == 0 or step in (steps - 1, steps + relax - 1):
                 loss_now = self._probe_loss(backend, probes)
-                if step >= steps and loss_now - loss_checked < stall:  # past the cap, stalled: relax λ
-                    weight *= config.stall_decay
-                loss_checked = loss_now
-            history.append(
+                if step >= steps and loss_now - run.loss_checked < stall:  # past the cap, stalled: relax λ
+                    run.weight *= config.stall_decay
+                run.loss_now = run.loss_checked = loss_now
+            run.history.append(
                 {
                     "step": step,
                     "train_loss": ascent.item(),
-                    "probe_loss": loss_now,
+                    "probe_loss": run.loss_now,
                     "drift": drift_now,
                     "step_scale": shrink,
-                    "preserve_weight": weight,
+                    "preserve_weight": run.weight,
                 }
             )
-        if verifier is not None and stopped == "steps" and (not checks or checks[-1]["step"] != step):
-            checks.append({"step": step + 1, **verifier.check(backend)})
+        if (
+            verifier is not None
+            and run.stopped == "steps"
+            and (not run.checks or run.checks[-1]["step"] != step)
+        ):
+            run.checks.append({"step": step + 1, **verifier.check(backend)})
         for p in params.values():
             p.requires_grad_(False)
-        run = sum(1 for h in history if not h.get("undone"))
         return {
-            "steps_run": run,
-            "steps_max": steps,
-            "relax_steps_run": max(0, run - steps),
-            "stopped_by": stopped,
-            **rule,
-            "probe_loss_final": loss_now,
-            "preserve_weight_final": weight,
-            "loss_ceiling": ceiling if math.isfinite(ceiling) else None,
+            **run.summary(steps, rule, ceiling),
             "image_source": sorted({item["source"] for item in data}),
-            "verification": None if verifier is None else {**verifier.describe(), "checks": checks},
-            # None: nothing was checked (no verifier, or the bound never reached); the CLI reports False
-            "verified": None if not checks else stopped == "verified",
+            "verification": None if verifier is None else {**verifier.describe(), "checks": run.checks},
             "timestep_weights": [round(float(w), 6) for w in weights],
             "caption_gain": None if gains is None else [round(float(g), 6) for g in gains],
             "concept_mask": mix,
             "mask_alternatives": None if mask is None else mask.alternatives,
-            "history": history,
+            "history": run.history,
+        }
+
+    def _gate(self, backend, verifier: Verifier, config, step: int, run: _Run) -> bool:
+        """At a due check, verify; True when the erasure verified. Otherwise tighten the trust region if the
+        rest is being damaged (dual ascent on λ) and schedule the next check, further off each time."""
+        if step < run.next_check:
+            return False
+        erased, kept = self._verify(backend, verifier, config, step, run.checks)
+        if erased and kept:
+            run.stopped = "verified"
+            return True
+        if not kept:
+            run.weight = min(run.weight * 2, config.preserve_weight * 8)
+        # back off: a concept far from gone need not be sampled every few steps
+        run.next_check = step + math.ceil(config.verify_every * config.verify_backoff**run.interval)
+        run.interval += 1
+        return False
+
+
+class _Batches:
+    """Batches of (item, image) indices into the training data, reshuffled with ``rng`` as they run out."""
+
+    def __init__(self, data: list[dict[str, Any]], size: int, rng: random.Random):
+        self.pool = [(k, i) for k, item in enumerate(data) for i in range(item["latents"].shape[0])]
+        self.size, self.rng = size, rng
+        self.order: list[tuple[int, int]] = []
+
+    def next(self) -> list[tuple[int, int]]:
+        if len(self.order) < self.size:
+            shuffled = self.pool[:]
+            self.rng.shuffle(shuffled)
+            self.order += shuffled
+        batch, self.order = self.order[: self.size], self.order[self.size :]
+        return batch
+
+
+@dataclass
+class _Run:
+    """One attempt's training state: the probe loss, λ, why it stopped, its history and checks."""
+
+    loss_now: float
+    weight: float
+    stopped: str = "steps"
+    next_check: int = 0
+    interval: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.loss_checked = self.loss_now
+
+    def summary(self, steps: int, rule: dict[str, Any], ceiling: float) -> dict[str, Any]:
+        run = sum(1 for h in self.history if not h.get("undone"))
+        return {
+            "steps_run": run,
+            "steps_max": steps,
+            "relax_steps_run": max(0, run - steps),
+            "stopped_by": self.stopped,
+            **rule,
+            "probe_loss_final": self.loss_now,
+            "preserve_weight_final": self.weight,
+            "loss_ceiling": ceiling if math.isfinite(ceiling) else None,
+            # None: nothing was checked (no verifier, or the bound never reached); the CLI reports False
+            "verified": None if not self.checks else self.stopped == "verified",
         }
 
 
