@@ -685,18 +685,9 @@ class FewShot:
                     break
                 if self._gate(backend, verifier, config, step, run):
                     break
+            batch = batches.next()
             loss, ascent = self._batch_loss(
-                backend,
-                concepts,
-                config,
-                data,
-                batches.next(),
-                neutral,
-                run.weight,
-                weights,
-                generator,
-                rng,
-                mask,
+                backend, concepts, config, data, batch, neutral, run.weight, weights, generator, rng, mask
             )
             drift_now, shrink, undone = self._optimizer_step(optimizer, loss, params, config, neutral.drift)
             if undone:
@@ -784,6 +775,7 @@ class _Run:
     interval: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
+    loss_checked: float = field(init=False)  # the probe loss at the last probe (the stall test's baseline)
 
     def __post_init__(self) -> None:
         self.loss_checked = self.loss_now
